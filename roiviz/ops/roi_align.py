@@ -1,0 +1,180 @@
+"""ROI Align (He et al., Mask R-CNN, 2017), exactly as torchvision.ops.roi_align computes it.
+
+Every output bin is the mean of ``grid_h x grid_w`` bilinear samples taken on a regular grid
+inside the bin; nothing is rounded, so the output moves smoothly with the box.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_aligned, check_sampling_ratio
+from ..boxes import BoxesLike
+from ._common import channels_last, prepare
+
+__all__ = ["RoIAlign", "roi_align"]
+
+
+def roi_align(
+    input: Tensor,
+    boxes: BoxesLike,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """ROI Align: bilinear sampling of each box into a fixed ``output_size`` grid.
+
+    Same arguments, box formats and results as :func:`torchvision.ops.roi_align`.
+
+    Parameters
+    ----------
+    input : Tensor[N, C, H, W]
+        The feature map; float16, bfloat16, float32 or float64 (half types are computed in
+        float32 and returned in their own dtype).
+    boxes : Tensor[K, 5] or list of Tensor[L, 4]
+        ``(batch_index, x1, y1, x2, y2)`` rows, or one ``(x1, y1, x2, y2)`` tensor per image,
+        in input-image pixels. ``x1 <= x2`` and ``y1 <= y2`` are required.
+    output_size : int or (int, int)
+        ``(PH, PW)``, the number of bins; an int ``n`` means ``(n, n)``.
+    spatial_scale : float
+        Factor from image pixels to feature cells, e.g. ``1/16`` for a stride-16 map.
+    sampling_ratio : int
+        Samples per bin side. ``-1`` (any negative) chooses ``ceil(box_size / output_size)``
+        per box, which reads the boxes on the host (a synchronisation on GPU).
+    aligned : bool
+        ``True`` shifts the box by half a cell so that sample ``(y, x)`` means the point
+        ``(y, x)`` of a map whose cell ``i`` is centred on ``i`` — the correct convention.
+        ``False`` keeps the legacy Detectron behaviour (and raises tiny boxes to 1x1 cell).
+
+    Returns
+    -------
+    Tensor[K, C, PH, PW]
+        In ``input``'s dtype and device.
+
+    Convention
+    ----------
+    With ``offset = 0.5 if aligned else 0``, a box spans ``start = x1 * scale - offset`` to
+    ``end = x2 * scale - offset``; bin ``p`` has size ``(end - start) / PW``; sample ``i`` of
+    ``grid`` lies at ``start + p * bin + (i + 0.5) * bin / grid``. A sample with ``y < -1``,
+    ``y > H``, ``x < -1`` or ``x > W`` contributes 0 but still counts in the mean; others are
+    clamped into the map and interpolated from their four neighbours.
+    See :func:`roiviz.reference.roi_align` for the same thing written as plain loops.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roiviz.roi_align(x, torch.tensor([[0, 0., 0., 4., 4.]]), 2, sampling_ratio=2, aligned=True)
+    tensor([[[[ 2.5000,  4.5000],
+              [10.5000, 12.5000]]]])
+    """
+    input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    aligned = check_aligned(aligned)
+    _, c_n, height, width = input.shape
+    k_n = rois.shape[0]
+    dtype = rois.dtype  # the compute dtype
+    rois = rois.detach()  # like torchvision: no gradient for box coordinates
+
+    offset = 0.5 if aligned else 0.0
+    start_w = rois[:, 1] * scale - offset  # [K]
+    start_h = rois[:, 2] * scale - offset
+    roi_w = rois[:, 3] * scale - offset - start_w
+    roi_h = rois[:, 4] * scale - offset - start_h
+    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / ph_n  # [K]
+    bin_w = roi_w / pw_n
+
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio)
+        grid_w = torch.full_like(roi_w, sampling_ratio)
+        max_gh = max_gw = sampling_ratio
+    else:
+        grid_h = torch.ceil(roi_h / ph_n)  # [K]
+        grid_w = torch.ceil(roi_w / pw_n)
+        # Adaptive sampling: the loop bound depends on the boxes, so read it (a host sync).
+        max_gh = int(grid_h.max()) if k_n else 0
+        max_gw = int(grid_w.max()) if k_n else 0
+    count = (grid_h * grid_w).clamp(min=1)  # [K]
+
+    x = channels_last(input)  # [N, H, W, C]
+    batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
+    ph = torch.arange(ph_n, dtype=dtype, device=input.device)
+    pw = torch.arange(pw_n, dtype=dtype, device=input.device)
+    acc = x.new_zeros(k_n, ph_n, pw_n, c_n)  # [K, PH, PW, C]
+    for iy in range(max_gh):
+        # Same expression, same order, as torchvision's kernel (so float32 is bit-exact).
+        y = start_h[:, None] + ph * bin_h[:, None] + (iy + 0.5) * bin_h[:, None] / grid_h[:, None]  # [K, PH]
+        y_ok, y_lo, y_hi, ly, hy = _interpolation_1d(y, height)
+        y_ok = y_ok & (iy < grid_h)[:, None]
+        for ix in range(max_gw):
+            xx = start_w[:, None] + pw * bin_w[:, None] + (ix + 0.5) * bin_w[:, None] / grid_w[:, None]  # [K, PW]
+            x_ok, x_lo, x_hi, lx, hx = _interpolation_1d(xx, width)
+            x_ok = x_ok & (ix < grid_w)[:, None]
+            ok = (y_ok[:, :, None] & x_ok[:, None, :]).to(dtype)[..., None]  # [K, PH, PW, 1]
+            w1 = (hy[:, :, None] * hx[:, None, :])[..., None] * ok
+            w2 = (hy[:, :, None] * lx[:, None, :])[..., None] * ok
+            w3 = (ly[:, :, None] * hx[:, None, :])[..., None] * ok
+            w4 = (ly[:, :, None] * lx[:, None, :])[..., None] * ok
+            r_lo, r_hi = y_lo[:, :, None], y_hi[:, :, None]  # [K, PH, 1]
+            c_lo, c_hi = x_lo[:, None, :], x_hi[:, None, :]  # [K, 1, PW]
+            acc = acc + (w1 * x[batch, r_lo, c_lo] + w2 * x[batch, r_lo, c_hi]
+                         + w3 * x[batch, r_hi, c_lo] + w4 * x[batch, r_hi, c_hi])  # [K, PH, PW, C]
+    out = acc / count[:, None, None, None]
+    return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)  # [K, C, PH, PW]
+
+
+def _interpolation_1d(
+    coord: Tensor, size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's bilinear rule along one axis.
+
+    Returns ``(inside, low, high, l, h)``: whether the coordinate is within ``[-1, size]``,
+    the two neighbouring indices and their weights ``l = c - low`` and ``h = 1 - l``.
+    """
+    inside = (coord >= -1.0) & (coord <= size)
+    # Outside samples are masked by the caller; zero them so that far-away or NaN coordinates
+    # (0/0 when an adaptive grid is empty) cannot overflow the integer cast below.
+    c = torch.where(inside, coord, torch.zeros_like(coord)).clamp(min=0.0)
+    low = c.long()  # truncation == floor for c >= 0
+    at_end = low >= size - 1
+    low = torch.where(at_end, torch.full_like(low, size - 1), low)
+    high = torch.where(at_end, low, low + 1)
+    c = torch.where(at_end, low.to(c.dtype), c)
+    lo_w = c - low.to(c.dtype)
+    hi_w = 1.0 - lo_w
+    return inside, low, high, lo_w, hi_w
+
+
+class RoIAlign(nn.Module):
+    """Module form of :func:`roi_align`; see it for the arguments.
+
+    Examples
+    --------
+    >>> import roiviz
+    >>> roiviz.RoIAlign(7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+    RoIAlign(output_size=(7, 7), spatial_scale=0.0625, sampling_ratio=2, aligned=True)
+    """
+
+    def __init__(
+        self, output_size: int | tuple[int, int], spatial_scale: float = 1.0, sampling_ratio: int = -1,
+        aligned: bool = False,
+    ) -> None:
+        super().__init__()
+        from .._checks import check_output_size, check_spatial_scale
+
+        self.output_size = check_output_size(output_size)
+        self.spatial_scale = check_spatial_scale(spatial_scale)
+        self.sampling_ratio = check_sampling_ratio(sampling_ratio)
+        self.aligned = check_aligned(aligned)
+
+    def forward(self, input: Tensor, rois: BoxesLike) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})")

@@ -1,0 +1,418 @@
+"""Slow, plainly written reference versions of every roiviz op and strategy.
+
+These are the test oracle and the text the notebooks teach from: Python loops over ROIs, bins
+and samples, one scalar at a time, written to be read. They follow torchvision's CPU kernels
+line by line, including the order of floating-point operations, so that in float32 and float64
+they agree with torchvision bit for bit. Arithmetic on coordinates is done in the compute dtype
+(float32 for float16/bfloat16/float32 input, float64 for float64) with numpy scalars, which
+round after every operation exactly as C++ ``float``/``double`` do.
+
+They are slow (seconds for a few ROIs of a small map). Use :mod:`roiviz` for real work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._checks import (
+    check_aligned,
+    check_input,
+    check_output_size,
+    check_sampling_ratio,
+    check_spatial_scale,
+)
+from .boxes import BoxesLike, compute_dtype, to_rois
+
+__all__ = [
+    "adaptive_pool",
+    "bilinear_interpolate",
+    "crop",
+    "crop_rois",
+    "pad",
+    "pad_to_max",
+    "resize",
+    "roi_align",
+    "roi_align_sample_points",
+    "roi_pool",
+    "roi_pool_bins",
+]
+
+
+def _np_dtype(dtype: torch.dtype) -> type:
+    return np.float64 if compute_dtype(dtype) == torch.float64 else np.float32
+
+
+def _c_round(v: float) -> int:
+    """C's round(): halves away from zero. ``v`` holds a float32/float64 value; adding 0.5
+    in Python's float64 is exact for it (no ``floor(v + 0.5)`` trap at 0.49999997f)."""
+    return int(math.copysign(math.floor(abs(v) + 0.5), v))
+
+
+def _prepare(input, boxes, output_size, spatial_scale):
+    input = check_input(input)
+    ph, pw = check_output_size(output_size)
+    scale = check_spatial_scale(spatial_scale)
+    rois = to_rois(boxes, input)
+    return input, rois, ph, pw, scale
+
+
+# --------------------------------------------------------------------------------------------
+# ROI Pool (Fast R-CNN)
+# --------------------------------------------------------------------------------------------
+
+
+def roi_pool_bins(
+    roi: torch.Tensor, pooled_height: int, pooled_width: int, spatial_scale: float, height: int, width: int,
+    dtype: torch.dtype = torch.float32,
+) -> list[list[tuple[int, int, int, int]]]:
+    """The bins of one ROI as ROI Pool sees them: ``bins[ph][pw] = (hstart, hend, wstart, wend)``.
+
+    Row ``h`` belongs to the bin when ``hstart <= h < hend``. Bins may overlap (``floor`` for
+    the start, ``ceil`` for the end) and may be empty after clipping to the map.
+
+    Examples
+    --------
+    >>> roi_pool_bins(torch.tensor([0, 0., 0., 20., 20.]), 2, 2, 0.1, 4, 4)
+    [[(0, 2, 0, 2), (0, 2, 1, 3)], [(1, 3, 0, 2), (1, 3, 1, 3)]]
+    """
+    f = _np_dtype(dtype)
+    scale = f(spatial_scale)
+    x1, y1, x2, y2 = (f(float(v)) for v in roi[1:5])
+    # round() in the compute dtype, halves away from zero, as the C++ kernel does.
+    start_w, start_h = _c_round(float(x1 * scale)), _c_round(float(y1 * scale))
+    end_w, end_h = _c_round(float(x2 * scale)), _c_round(float(y2 * scale))
+    roi_width = max(end_w - start_w + 1, 1)  # malformed ROIs are forced to 1x1
+    roi_height = max(end_h - start_h + 1, 1)
+    bin_h = f(roi_height) / f(pooled_height)
+    bin_w = f(roi_width) / f(pooled_width)
+    bins = []
+    for ph in range(pooled_height):
+        row = []
+        for pw in range(pooled_width):
+            hstart = math.floor(f(ph) * bin_h)
+            wstart = math.floor(f(pw) * bin_w)
+            hend = math.ceil(f(ph + 1) * bin_h)
+            wend = math.ceil(f(pw + 1) * bin_w)
+            # Add the ROI offset and clip to the map.
+            hstart = min(max(hstart + start_h, 0), height)
+            hend = min(max(hend + start_h, 0), height)
+            wstart = min(max(wstart + start_w, 0), width)
+            wend = min(max(wend + start_w, 0), width)
+            row.append((hstart, hend, wstart, wend))
+        bins.append(row)
+    return bins
+
+
+def roi_pool(
+    input: torch.Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> torch.Tensor:
+    """Reference ROI Pool: max over each quantised bin; an empty bin gives 0.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roi_pool(x, torch.tensor([[0, 0., 0., 20., 20.], [0, 0., 10., 30., 30.]]), 2, 0.1)[:, 0]
+    tensor([[[ 5.,  6.],
+             [ 9., 10.]],
+    <BLANKLINE>
+            [[ 9., 11.],
+             [13., 15.]]])
+    """
+    input, rois, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    _, c_n, height, width = input.shape
+    out = torch.zeros(rois.shape[0], c_n, ph_n, pw_n, dtype=input.dtype)
+    x = input.detach().cpu()
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        bins = roi_pool_bins(rois[k].cpu(), ph_n, pw_n, scale, height, width, input.dtype)
+        for c in range(c_n):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    hstart, hend, wstart, wend = bins[ph][pw]
+                    if hend <= hstart or wend <= wstart:
+                        continue  # an empty bin is defined to be 0
+                    best = -math.inf
+                    for h in range(hstart, hend):
+                        for w in range(wstart, wend):
+                            v = float(x[b, c, h, w])
+                            if v > best:  # strict: the first maximum wins
+                                best = v
+                    out[k, c, ph, pw] = best
+    return out.to(input.device)
+
+
+# --------------------------------------------------------------------------------------------
+# ROI Align (Mask R-CNN)
+# --------------------------------------------------------------------------------------------
+
+
+def bilinear_interpolate(
+    channel: torch.Tensor, y: float, x: float, dtype: torch.dtype = torch.float32
+) -> list[tuple[int, int, float]]:
+    """The taps of one ROI Align sample: ``[(row, col, weight), ...]`` (empty when outside).
+
+    A sample with ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` contributes nothing. Otherwise
+    the point is clamped into the map and split between its four neighbours; at the last
+    row/column both neighbours are that row/column.
+
+    Examples
+    --------
+    >>> bilinear_interpolate(torch.zeros(4, 4), 0.25, 3.5)
+    [(0, 3, 0.75), (0, 3, 0.0), (1, 3, 0.25), (1, 3, 0.0)]
+    """
+    f = _np_dtype(dtype)
+    height, width = channel.shape
+    y, x = f(y), f(x)
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return []
+    if y <= 0:
+        y = f(0)
+    if x <= 0:
+        x = f(0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = f(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = f(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - f(y_low), x - f(x_low)
+    hy, hx = f(1) - ly, f(1) - lx
+    return [
+        (y_low, x_low, float(hy * hx)),
+        (y_low, x_high, float(hy * lx)),
+        (y_high, x_low, float(ly * hx)),
+        (y_high, x_high, float(ly * lx)),
+    ]
+
+
+def roi_align_sample_points(
+    roi: torch.Tensor, pooled_height: int, pooled_width: int, spatial_scale: float,
+    sampling_ratio: int, aligned: bool, dtype: torch.dtype = torch.float32,
+) -> tuple[list[list[list[tuple[float, float]]]], int]:
+    """Where ROI Align samples one ROI: ``points[ph][pw] = [(y, x), ...]`` and the divisor.
+
+    The divisor is ``max(grid_h * grid_w, 1)``: samples that fall outside the map still count.
+
+    Examples
+    --------
+    >>> points, count = roi_align_sample_points(torch.tensor([0, 0., 0., 4., 4.]), 1, 1, 1.0, 2, True)
+    >>> points[0][0], count
+    ([(0.5, 0.5), (0.5, 2.5), (2.5, 0.5), (2.5, 2.5)], 4)
+    """
+    f = _np_dtype(dtype)
+    scale = f(spatial_scale)
+    offset = f(0.5) if aligned else f(0.0)
+    x1, y1, x2, y2 = (f(float(v)) for v in roi[1:5])
+    start_w, start_h = x1 * scale - offset, y1 * scale - offset
+    end_w, end_h = x2 * scale - offset, y2 * scale - offset
+    roi_width, roi_height = end_w - start_w, end_h - start_h
+    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
+        roi_width, roi_height = max(roi_width, f(1)), max(roi_height, f(1))
+    bin_h = roi_height / f(pooled_height)
+    bin_w = roi_width / f(pooled_width)
+    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_height / f(pooled_height))
+    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_width / f(pooled_width))
+    count = max(grid_h * grid_w, 1)
+    points = []
+    for ph in range(pooled_height):
+        row = []
+        for pw in range(pooled_width):
+            samples = []
+            for iy in range(grid_h):
+                y = start_h + f(ph) * bin_h + f(iy + 0.5) * bin_h / f(grid_h)
+                for ix in range(grid_w):
+                    x = start_w + f(pw) * bin_w + f(ix + 0.5) * bin_w / f(grid_w)
+                    samples.append((float(y), float(x)))
+            row.append(samples)
+        points.append(row)
+    return points, count
+
+
+def roi_align(
+    input: torch.Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+    sampling_ratio: int = -1, aligned: bool = False,
+) -> torch.Tensor:
+    """Reference ROI Align: each bin is the mean of bilinear samples on a regular grid.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roi_align(x, torch.tensor([[0, 0., 0., 4., 4.]]), 1, 1.0, 2, True)
+    tensor([[[[7.5000]]]])
+    """
+    input, rois, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    aligned = check_aligned(aligned)
+    f = _np_dtype(input.dtype)
+    c_n = input.shape[1]
+    out = torch.zeros(rois.shape[0], c_n, ph_n, pw_n, dtype=input.dtype)
+    x = input.detach().cpu().to(compute_dtype(input.dtype)).numpy()
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        points, count = roi_align_sample_points(rois[k].cpu(), ph_n, pw_n, scale, sampling_ratio, aligned, input.dtype)
+        taps = [[[bilinear_interpolate(input[0, 0], y, xx, input.dtype) for y, xx in points[ph][pw]]
+                 for pw in range(pw_n)] for ph in range(ph_n)]
+        for c in range(c_n):
+            plane = x[b, c]
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    total = f(0)
+                    for sample in taps[ph][pw]:
+                        if sample:  # w1*v1 + w2*v2 + w3*v3 + w4*v4, in that order
+                            (r1, c1, w1), (r2, c2, w2), (r3, c3, w3), (r4, c4, w4) = sample
+                            total += (f(w1) * plane[r1, c1] + f(w2) * plane[r2, c2]
+                                      + f(w3) * plane[r3, c3] + f(w4) * plane[r4, c4])
+                    out[k, c, ph, pw] = float(total / f(count))
+    return out.to(input.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Integer crops and the strategies built on them
+# --------------------------------------------------------------------------------------------
+
+
+def crop_rois(input: torch.Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> list[torch.Tensor]:
+    """Reference exact integer crops: a list of ``Tensor[C, h_k, w_k]`` (see :mod:`roiviz.boxes`).
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> crop_rois(x, torch.tensor([[0, 1., 1., 2., 3.]]))[0]
+    tensor([[[ 5.,  6.],
+             [ 9., 10.],
+             [13., 14.]]])
+    """
+    input = check_input(input)
+    scale = check_spatial_scale(spatial_scale)
+    rois = to_rois(boxes, input)
+    f = _np_dtype(input.dtype)
+    _, _, height, width = input.shape
+    crops = []
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        x1, y1, x2, y2 = (_c_round(float(f(float(v)) * f(scale))) for v in rois[k, 1:5])
+        # Inclusive integer ends, clipped to the map; may be empty.
+        r0, r1 = min(max(y1, 0), height), min(max(y2 + 1, 0), height)
+        c0, c1 = min(max(x1, 0), width), min(max(x2 + 1, 0), width)
+        crops.append(input[b, :, r0:max(r1, r0), c0:max(c1, c0)])
+    return crops
+
+
+def _place(crop_: torch.Tensor, ph_n: int, pw_n: int, centre: bool) -> torch.Tensor:
+    """Cut or zero-fill one crop ``[C, h, w]`` to ``[C, ph_n, pw_n]``."""
+    c_n, h, w = crop_.shape
+    out = torch.zeros(c_n, ph_n, pw_n, dtype=crop_.dtype, device=crop_.device)
+    # Output cell (i, j) shows crop cell (i + dy, j + dx); centring uses floor((h - PH) / 2).
+    dy = (h - ph_n) // 2 if centre else 0
+    dx = (w - pw_n) // 2 if centre else 0
+    for i in range(ph_n):
+        for j in range(pw_n):
+            r, s = i + dy, j + dx
+            if 0 <= r < h and 0 <= s < w:
+                out[:, i, j] = crop_[:, r, s]
+    return out
+
+
+def crop(input, boxes, output_size, spatial_scale=1.0, centre=False) -> torch.Tensor:
+    """Reference ``crop``: each integer crop cut to ``output_size``, zero-filled where smaller.
+
+    Top-left anchored; with ``centre=True`` the crop's centre goes to the canvas centre.
+    """
+    input, _, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    crops = crop_rois(input, boxes, scale)
+    return _stack([_place(c, ph_n, pw_n, centre) for c in crops], input, ph_n, pw_n)
+
+
+def pad(input, boxes, output_size, spatial_scale=1.0) -> torch.Tensor:
+    """Reference ``pad``: each crop zero-padded, centred, into an ``output_size`` canvas.
+
+    A crop larger than the canvas is cut (its centre is kept).
+    """
+    return crop(input, boxes, output_size, spatial_scale, centre=True)
+
+
+def pad_to_max(input, boxes, spatial_scale=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference ``pad_to_max``: crops zero-padded (top-left) to the batch's largest crop.
+
+    Returns ``(padded [K, C, Hmax, Wmax], valid [K, Hmax, Wmax] bool)``.
+    """
+    input = check_input(input)
+    crops = crop_rois(input, boxes, spatial_scale)
+    h_max = max((c.shape[1] for c in crops), default=0)
+    w_max = max((c.shape[2] for c in crops), default=0)
+    out = torch.zeros(len(crops), input.shape[1], h_max, w_max, dtype=input.dtype, device=input.device)
+    valid = torch.zeros(len(crops), h_max, w_max, dtype=torch.bool, device=input.device)
+    for k, c in enumerate(crops):
+        out[k, :, : c.shape[1], : c.shape[2]] = c
+        valid[k, : c.shape[1], : c.shape[2]] = True
+    return out, valid
+
+
+def adaptive_pool(input, boxes, output_size, spatial_scale=1.0, mode="max") -> torch.Tensor:
+    """Reference adaptive pooling of each crop: bin ``i`` spans ``floor(i*h/PH) .. ceil((i+1)*h/PH)``.
+
+    ``mode`` is ``"max"`` or ``"avg"``. An empty crop gives zeros.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> adaptive_pool(x, torch.tensor([[0, 0., 0., 2., 2.]]), 2, mode="avg")[0, 0]
+    tensor([[2.5000, 3.5000],
+            [6.5000, 7.5000]])
+    """
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    input, _, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    outs = []
+    for c in crop_rois(input, boxes, scale):
+        c_n, h, w = c.shape
+        out = torch.zeros(c_n, ph_n, pw_n, dtype=input.dtype, device=input.device)
+        if h and w:
+            for i in range(ph_n):
+                r0, r1 = (i * h) // ph_n, -((-(i + 1) * h) // ph_n)
+                for j in range(pw_n):
+                    s0, s1 = (j * w) // pw_n, -((-(j + 1) * w) // pw_n)
+                    window = c[:, r0:r1, s0:s1].reshape(c_n, -1)
+                    out[:, i, j] = window.amax(dim=1) if mode == "max" else window.mean(dim=1)
+        outs.append(out)
+    return _stack(outs, input, ph_n, pw_n)
+
+
+def resize(input, boxes, output_size, spatial_scale=1.0) -> torch.Tensor:
+    """Reference ``resize`` (RoIWarp): each crop resized bilinearly, half-pixel centres.
+
+    Output cell ``i`` reads the crop at ``(i + 0.5) * h / PH - 0.5`` (clamped at 0), as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` does. An empty crop gives zeros.
+    """
+    input, _, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    outs = []
+    for c in crop_rois(input, boxes, scale):
+        c_n, h, w = c.shape
+        out = torch.zeros(c_n, ph_n, pw_n, dtype=input.dtype, device=input.device)
+        if h and w:
+            for i in range(ph_n):
+                y = max((i + 0.5) * h / ph_n - 0.5, 0.0)
+                y0 = int(y)
+                y1, ly = min(y0 + 1, h - 1), y - y0
+                for j in range(pw_n):
+                    x = max((j + 0.5) * w / pw_n - 0.5, 0.0)
+                    x0 = int(x)
+                    x1, lx = min(x0 + 1, w - 1), x - x0
+                    out[:, i, j] = ((1 - ly) * ((1 - lx) * c[:, y0, x0] + lx * c[:, y0, x1])
+                                    + ly * ((1 - lx) * c[:, y1, x0] + lx * c[:, y1, x1]))
+        outs.append(out)
+    return _stack(outs, input, ph_n, pw_n)
+
+
+def _stack(outs: list[torch.Tensor], input: torch.Tensor, ph_n: int, pw_n: int) -> torch.Tensor:
+    if not outs:
+        return input.new_zeros(0, input.shape[1], ph_n, pw_n)
+    return torch.stack(outs)

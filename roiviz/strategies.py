@@ -1,0 +1,341 @@
+"""The ways to turn variable-size ROIs into a fixed ``[K, C, PH, PW]``, and their registry.
+
+Every strategy has the one signature ``f(input, boxes, output_size, spatial_scale=1.0)`` and
+runs batched over all ROIs (no Python loop per ROI). ``crop``, ``pad``, ``adaptive_*`` and
+``resize`` start from the exact integer crop of each box (see :mod:`roiviz.boxes` for the pixel
+convention, the same one ROI Pool uses); ``roi_pool`` and ``roi_align`` are the detector ops.
+
+=============== ==================================================================
+``crop``         cut to ``output_size``, zero-filled where smaller (top-left anchored)
+``pad``          zero-padded, centred, into the ``output_size`` canvas (cut if larger)
+``adaptive_max`` adaptive max pooling of the crop (bin for bin ``F.adaptive_max_pool2d``)
+``adaptive_avg`` adaptive average pooling of the crop (``F.adaptive_avg_pool2d``)
+``resize``       RoIWarp: the crop resized bilinearly (``F.interpolate``, half-pixel)
+``roi_pool``     Fast R-CNN's quantised max pooling (:func:`roiviz.roi_pool`)
+``roi_align``    Mask R-CNN's bilinear sampling, ``aligned=True, sampling_ratio=2``
+=============== ==================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._checks import check_input, check_spatial_scale
+from .boxes import BoxesLike, crop_bounds, to_rois
+from .ops._common import channels_last, prepare
+from .ops.roi_align import roi_align
+from .ops.roi_pool import roi_pool
+
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "adaptive_avg",
+    "adaptive_max",
+    "crop",
+    "crop_rois",
+    "get_strategy",
+    "pad",
+    "pad_to_max",
+    "resize",
+]
+
+Strategy = Callable[..., Tensor]
+_ANCHORS = ("top-left", "centre")
+
+
+def crop_rois(input: Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> list[Tensor]:
+    """The exact integer crop of every box: a list of ``Tensor[C, h_k, w_k]`` views.
+
+    These are the variable sizes a conv head cannot take. The crop is the cells
+    ``round(x1 * scale) .. round(x2 * scale)`` inclusive, clipped to the map (empty, with
+    ``h_k`` or ``w_k`` 0, for a box wholly outside it). Building a list reads the boxes on
+    the host.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.randn(2, 256, 50, 68)
+    >>> boxes = torch.tensor([[0, 10., 20., 300., 200.], [1, 0., 0., 64., 64.]])
+    >>> [tuple(c.shape) for c in roiviz.crop_rois(x, boxes, spatial_scale=1 / 16)]
+    [(256, 13, 19), (256, 5, 5)]
+    """
+    input = check_input(input)
+    rois = to_rois(boxes, input)
+    y0, x0, h, w = crop_bounds(rois, check_spatial_scale(spatial_scale), input.shape[2], input.shape[3])
+    rows = torch.stack([rois[:, 0].long(), y0, x0, h, w], dim=1).tolist()
+    return [input[b, :, r : r + hh, c : c + ww] for b, r, c, hh, ww in rows]
+
+
+def crop(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+    *, anchor: str = "top-left",
+) -> Tensor:
+    """Cut each crop to ``output_size``, zero-filling where it is smaller.
+
+    Keeps only part of a large box: nothing is resampled, so what is kept is exact, and what
+    does not fit is lost. ``anchor="centre"`` keeps the middle instead of the top-left corner
+    (the crop's centre goes to the canvas centre, rounding toward the top-left).
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roiviz.crop(x, torch.tensor([[0, 1., 1., 3., 3.]]), 2)[0, 0]
+    tensor([[ 5.,  6.],
+            [ 9., 10.]])
+    >>> roiviz.crop(x, torch.tensor([[0, 1., 1., 3., 3.]]), 2, anchor="centre")[0, 0]
+    tensor([[ 5.,  6.],
+            [ 9., 10.]])
+    >>> roiviz.crop(x, torch.tensor([[0, 0., 0., 0., 0.]]), 2)[0, 0]
+    tensor([[0., 0.],
+            [0., 0.]])
+    """
+    if anchor not in _ANCHORS:
+        raise ValueError(f"anchor must be one of {_ANCHORS}, got {anchor!r}")
+    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    if anchor == "centre":
+        dy, dx = torch.div(h - ph_n, 2, rounding_mode="floor"), torch.div(w - pw_n, 2, rounding_mode="floor")
+    else:
+        dy, dx = torch.zeros_like(h), torch.zeros_like(w)
+    i = torch.arange(ph_n, device=input.device)
+    j = torch.arange(pw_n, device=input.device)
+    r = i + dy[:, None]  # [K, PH] row of the crop shown in output row i
+    s = j + dx[:, None]  # [K, PW]
+    ok_r = (r >= 0) & (r < h[:, None])
+    ok_s = (s >= 0) & (s < w[:, None])
+    return _gather(input, rois, y0[:, None] + r, ok_r, x0[:, None] + s, ok_s)
+
+
+def pad(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """Zero-pad each crop, centred, into an ``output_size`` canvas.
+
+    A crop that does not fit is cut (its middle is kept): a fixed canvas cannot hold every
+    box. :func:`pad_to_max` is the honest alternative, and :mod:`roiviz.metrics` reports how
+    much of each box was lost.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.ones(1, 1, 8, 8)
+    >>> roiviz.pad(x, torch.tensor([[0, 2., 2., 3., 3.]]), 4)[0, 0]
+    tensor([[0., 0., 0., 0.],
+            [0., 1., 1., 0.],
+            [0., 1., 1., 0.],
+            [0., 0., 0., 0.]])
+    """
+    return crop(input, boxes, output_size, spatial_scale, anchor="centre")
+
+
+def pad_to_max(input: Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Zero-pad every crop (top-left) to the largest crop of the batch.
+
+    Nothing is lost or resampled, but the size now depends on the batch, so a head with
+    fixed weights cannot take it: this is what "pad to the maximum" really gives you.
+    Returns ``(padded [K, C, Hmax, Wmax], valid [K, Hmax, Wmax])``; ``valid`` marks the real
+    cells, so a masked head can ignore the padding. Reads the boxes on the host.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.ones(1, 1, 8, 8)
+    >>> padded, valid = roiviz.pad_to_max(x, torch.tensor([[0, 0., 0., 2., 1.], [0, 0., 0., 0., 0.]]))
+    >>> padded.shape, valid[1].int().tolist()
+    (torch.Size([2, 1, 2, 3]), [[1, 0, 0], [0, 0, 0]])
+    """
+    input = check_input(input)
+    rois = to_rois(boxes, input)
+    y0, x0, h, w = crop_bounds(rois, check_spatial_scale(spatial_scale), input.shape[2], input.shape[3])
+    h_max = int(h.max()) if len(h) else 0
+    w_max = int(w.max()) if len(w) else 0
+    i = torch.arange(h_max, device=input.device)
+    j = torch.arange(w_max, device=input.device)
+    ok_r = i < h[:, None]  # [K, Hmax]
+    ok_s = j < w[:, None]  # [K, Wmax]
+    padded = _gather(input, rois, y0[:, None] + i, ok_r, x0[:, None] + j, ok_s)
+    return padded, ok_r[:, :, None] & ok_s[:, None, :]
+
+
+def adaptive_max(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """Adaptive max pooling of each crop: bin for bin ``F.adaptive_max_pool2d(crop, output_size)``.
+
+    Bin ``i`` of a crop of height ``h`` spans rows ``floor(i*h/PH) .. ceil((i+1)*h/PH) - 1``:
+    every cell is seen, a box smaller than the output repeats cells. An empty crop gives 0.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roiviz.adaptive_max(x, torch.tensor([[0, 0., 0., 3., 3.]]), 2)[0, 0]
+    tensor([[ 5.,  7.],
+            [13., 15.]])
+    """
+    return _adaptive(input, boxes, output_size, spatial_scale, "max")
+
+
+def adaptive_avg(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """Adaptive average pooling of each crop: bin for bin ``F.adaptive_avg_pool2d(crop, output_size)``.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roiviz.adaptive_avg(x, torch.tensor([[0, 0., 0., 3., 3.]]), 2)[0, 0]
+    tensor([[ 2.5000,  4.5000],
+            [10.5000, 12.5000]])
+    """
+    return _adaptive(input, boxes, output_size, spatial_scale, "avg")
+
+
+def resize(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """RoIWarp: each integer crop resized bilinearly to ``output_size``.
+
+    Bin for bin ``F.interpolate(crop, output_size, mode="bilinear", align_corners=False)``:
+    output cell ``i`` reads the crop at ``(i + 0.5) * h / PH - 0.5``. The content is kept but
+    stretched to the output's aspect ratio, and the box was rounded to whole cells first.
+    An empty crop gives 0.
+
+    Examples
+    --------
+    >>> import torch, roiviz
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> roiviz.resize(x, torch.tensor([[0, 0., 0., 1., 1.]]), 4)[0, 0]
+    tensor([[0.0000, 0.2500, 0.7500, 1.0000],
+            [1.0000, 1.2500, 1.7500, 2.0000],
+            [3.0000, 3.2500, 3.7500, 4.0000],
+            [4.0000, 4.2500, 4.7500, 5.0000]])
+    """
+    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    dtype = rois.dtype
+    r0, r1, ly, hy = _resize_taps(h, ph_n, dtype)  # [K, PH]
+    c0, c1, lx, hx = _resize_taps(w, pw_n, dtype)  # [K, PW]
+    ok_r = (h > 0)[:, None].expand_as(r0)
+    ok_s = (w > 0)[:, None].expand_as(c0)
+    x = channels_last(input)
+    # out = hy * (hx * v00 + lx * v01) + ly * (hx * v10 + lx * v11), as upsample_bilinear2d does.
+    v00 = _gather_cl(x, rois, y0[:, None] + r0, ok_r, x0[:, None] + c0, ok_s)
+    v01 = _gather_cl(x, rois, y0[:, None] + r0, ok_r, x0[:, None] + c1, ok_s)
+    v10 = _gather_cl(x, rois, y0[:, None] + r1, ok_r, x0[:, None] + c0, ok_s)
+    v11 = _gather_cl(x, rois, y0[:, None] + r1, ok_r, x0[:, None] + c1, ok_s)
+    hy, ly = hy[:, :, None, None], ly[:, :, None, None]  # [K, PH, 1, 1]
+    hx, lx = hx[:, None, :, None], lx[:, None, :, None]  # [K, 1, PW, 1]
+    out = hy * (hx * v00 + lx * v01) + ly * (hx * v10 + lx * v11)  # [K, PH, PW, C]
+    return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+
+
+def _resize_taps(size: Tensor, out_n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Source rows ``i0, i1 [K, out]`` and weights ``l1, l0`` of half-pixel bilinear resizing."""
+    scale = size.to(dtype) / out_n  # [K]
+    i = torch.arange(out_n, dtype=dtype, device=size.device)
+    src = (scale[:, None] * (i + 0.5) - 0.5).clamp(min=0.0)  # [K, out]
+    i0 = src.long()
+    i1 = i0 + (i0 < size[:, None] - 1).long()
+    l1 = (src - i0.to(dtype)).clamp(0.0, 1.0)
+    return i0, i1, l1, 1.0 - l1
+
+
+def _adaptive(input: Tensor, boxes: BoxesLike, output_size, spatial_scale: float, mode: str) -> Tensor:
+    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    i = torch.arange(ph_n, device=input.device)
+    j = torch.arange(pw_n, device=input.device)
+    # Integer bin edges of adaptive pooling: floor(i*h/PH) .. ceil((i+1)*h/PH).
+    rs = torch.div(i * h[:, None], ph_n, rounding_mode="floor")  # [K, PH]
+    re = torch.div((i + 1) * h[:, None] + ph_n - 1, ph_n, rounding_mode="floor")
+    ss = torch.div(j * w[:, None], pw_n, rounding_mode="floor")  # [K, PW]
+    se = torch.div((j + 1) * w[:, None] + pw_n - 1, pw_n, rounding_mode="floor")
+    k_n = rois.shape[0]
+    # The largest bin decides how many cells to visit (reads the boxes: a host sync).
+    max_bh = int((re - rs).max()) if k_n else 0
+    max_bw = int((se - ss).max()) if k_n else 0
+    x = channels_last(input)
+    c_n = input.shape[1]
+    if mode == "max":
+        acc = x.new_full((k_n, ph_n, pw_n, c_n), -torch.inf)
+    else:
+        acc = x.new_zeros(k_n, ph_n, pw_n, c_n)
+    # Row-major visit with a strict '>' keeps the first maximum, as adaptive_max_pool2d does.
+    for dr in range(max_bh):
+        ok_r = rs + dr < re
+        for ds in range(max_bw):
+            ok_s = ss + ds < se
+            v = _gather_cl(x, rois, y0[:, None] + rs + dr, ok_r, x0[:, None] + ss + ds, ok_s)
+            ok = (ok_r[:, :, None] & ok_s[:, None, :])[..., None]
+            if mode == "max":
+                acc = torch.where(ok & (v > acc), v, acc)
+            else:
+                acc = acc + v  # v is 0 outside the bin
+    empty = ((re - rs) == 0)[:, :, None] | ((se - ss) == 0)[:, None, :]  # [K, PH, PW]
+    if mode == "max":
+        acc = acc.masked_fill(empty[..., None], 0.0)
+    else:
+        kh = (re - rs).to(acc.dtype)[:, :, None, None]
+        kw = (se - ss).to(acc.dtype)[:, None, :, None]
+        acc = torch.where(empty[..., None], torch.zeros_like(acc), acc / kh.clamp(min=1) / kw.clamp(min=1))
+    return acc.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+
+
+def _gather(input: Tensor, rois: Tensor, rows: Tensor, ok_r: Tensor, cols: Tensor, ok_s: Tensor) -> Tensor:
+    """``input[b_k, :, rows[k, i], cols[k, j]]`` as ``[K, C, I, J]``, zero where not ok."""
+    out = _gather_cl(channels_last(input), rois, rows, ok_r, cols, ok_s)
+    return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+
+
+def _gather_cl(x: Tensor, rois: Tensor, rows: Tensor, ok_r: Tensor, cols: Tensor, ok_s: Tensor) -> Tensor:
+    """Channels-last gather: ``x [N, H, W, C]`` at ``rows [K, I]`` x ``cols [K, J]`` -> ``[K, I, J, C]``."""
+    _, height, width, _ = x.shape
+    batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
+    r = rows.clamp(0, max(height - 1, 0))[:, :, None]  # [K, I, 1]
+    c = cols.clamp(0, max(width - 1, 0))[:, None, :]  # [K, 1, J]
+    ok = (ok_r[:, :, None] & ok_s[:, None, :])[..., None]  # [K, I, J, 1]
+    return x[batch, r, c] * ok.to(x.dtype)
+
+
+def _roi_align_strategy(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """ROI Align as registered in :data:`STRATEGIES`: ``aligned=True, sampling_ratio=2``."""
+    return roi_align(input, boxes, output_size, spatial_scale, sampling_ratio=2, aligned=True)
+
+
+_roi_align_strategy.__name__ = "roi_align"
+
+#: Every strategy by name, in teaching order: name -> ``f(input, boxes, output_size, spatial_scale=1.0)``.
+STRATEGIES: dict[str, Strategy] = {
+    "crop": crop,
+    "pad": pad,
+    "adaptive_max": adaptive_max,
+    "adaptive_avg": adaptive_avg,
+    "resize": resize,
+    "roi_pool": roi_pool,
+    "roi_align": _roi_align_strategy,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called ``name``, or a ``ValueError`` that lists the known ones.
+
+    Examples
+    --------
+    >>> import roiviz
+    >>> roiviz.get_strategy("resize") is roiviz.resize
+    True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"strategy name must be a str, got {type(name).__name__}")
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(STRATEGIES)}") from None
