@@ -249,42 +249,68 @@ def _resize_taps(size: Tensor, out_n: int, dtype: torch.dtype) -> tuple[Tensor, 
 def _adaptive(input: Tensor, boxes: BoxesLike, output_size, spatial_scale: float, mode: str) -> Tensor:
     input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
     y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
-    i = torch.arange(ph_n, device=input.device)
-    j = torch.arange(pw_n, device=input.device)
-    # Integer bin edges of adaptive pooling: floor(i*h/PH) .. ceil((i+1)*h/PH).
-    rs = torch.div(i * h[:, None], ph_n, rounding_mode="floor")  # [K, PH]
-    re = torch.div((i + 1) * h[:, None] + ph_n - 1, ph_n, rounding_mode="floor")
-    ss = torch.div(j * w[:, None], pw_n, rounding_mode="floor")  # [K, PW]
-    se = torch.div((j + 1) * w[:, None] + pw_n - 1, pw_n, rounding_mode="floor")
-    k_n = rois.shape[0]
-    # The largest bin decides how many cells to visit (reads the boxes: a host sync).
-    max_bh = int((re - rs).max()) if k_n else 0
-    max_bw = int((se - ss).max()) if k_n else 0
-    x = channels_last(input)
-    c_n = input.shape[1]
-    if mode == "max":
-        acc = x.new_full((k_n, ph_n, pw_n, c_n), -torch.inf)
+    k_n, c_n = rois.shape[0], input.shape[1]
+    # The crops, zero-padded top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
+    h_max = int(h.max()) if k_n else 0
+    w_max = int(w.max()) if k_n else 0
+    rows = torch.arange(h_max, device=input.device)
+    cols = torch.arange(w_max, device=input.device)
+    window = _gather_cl(channels_last(input), rois, y0[:, None] + rows, rows < h[:, None],
+                        x0[:, None] + cols, cols < w[:, None])  # [K, Hmax, Wmax, C]
+    rs, re = _adaptive_edges(h, ph_n)  # [K, PH] rows rs .. re-1 form bin i
+    ss, se = _adaptive_edges(w, pw_n)  # [K, PW]
+    empty = ((re == rs)[:, :, None] | (se == ss)[:, None, :])[..., None]  # [K, PH, PW, 1]
+    if mode == "avg":
+        # Averaging is linear and separable: out = Ay @ crop @ Ax^T with Ay[i, r] = 1/kh on bin i.
+        ay = _bin_matrix(rs, re, h_max, window.dtype)  # [K, PH, Hmax]
+        ax = _bin_matrix(ss, se, w_max, window.dtype)  # [K, PW, Wmax]
+        out = torch.einsum("kir,krsc,kjs->kijc", ay, window, ax)  # [K, PH, PW, C]
+        out = out.masked_fill(empty, 0.0)
     else:
-        acc = x.new_zeros(k_n, ph_n, pw_n, c_n)
-    # Row-major visit with a strict '>' keeps the first maximum, as adaptive_max_pool2d does.
-    for dr in range(max_bh):
-        ok_r = rs + dr < re
-        for ds in range(max_bw):
-            ok_s = ss + ds < se
-            v = _gather_cl(x, rois, y0[:, None] + rs + dr, ok_r, x0[:, None] + ss + ds, ok_s)
-            ok = (ok_r[:, :, None] & ok_s[:, None, :])[..., None]
-            if mode == "max":
-                acc = torch.where(ok & (v > acc), v, acc)
-            else:
-                acc = acc + v  # v is 0 outside the bin
-    empty = ((re - rs) == 0)[:, :, None] | ((se - ss) == 0)[:, None, :]  # [K, PH, PW]
-    if mode == "max":
-        acc = acc.masked_fill(empty[..., None], 0.0)
-    else:
-        kh = (re - rs).to(acc.dtype)[:, :, None, None]
-        kw = (se - ss).to(acc.dtype)[:, None, :, None]
-        acc = torch.where(empty[..., None], torch.zeros_like(acc), acc / kh.clamp(min=1) / kw.clamp(min=1))
-    return acc.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+        # Max over the columns of each bin, then over its rows. Strict '>' in visiting order
+        # keeps the first column of the first row that holds the maximum: the same cell that
+        # adaptive_max_pool2d's row-major scan picks, so gradients go where torch sends them.
+        strip = _running_max(window, ss, se, w_max, dim=2)  # [K, Hmax, PW, C]
+        out = _running_max(strip, rs, re, h_max, dim=1)  # [K, PH, PW, C]
+        out = out.masked_fill(empty, 0.0)
+    return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
+
+
+def _adaptive_edges(size: Tensor, out_n: int) -> tuple[Tensor, Tensor]:
+    """Adaptive pooling's integer bin edges ``floor(i*size/out)`` and ``ceil((i+1)*size/out)``."""
+    i = torch.arange(out_n, device=size.device)
+    start = torch.div(i * size[:, None], out_n, rounding_mode="floor")
+    end = torch.div((i + 1) * size[:, None] + out_n - 1, out_n, rounding_mode="floor")
+    return start, end
+
+
+def _bin_matrix(start: Tensor, end: Tensor, length: int, dtype: torch.dtype) -> Tensor:
+    """``M[k, i, r] = 1 / (end - start)`` where ``start[k, i] <= r < end[k, i]``, else 0."""
+    r = torch.arange(length, device=start.device)
+    inside = (r >= start[..., None]) & (r < end[..., None])
+    return inside.to(dtype) / (end - start).clamp(min=1)[..., None].to(dtype)
+
+
+def _running_max(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
+    """Max of ``x`` along ``dim`` over ``start[k, i] .. end[k, i] - 1``, one output per bin ``i``.
+
+    ``x`` is ``[K, A, B, C]``; ``dim`` is 1 or 2. Empty bins give ``-inf``.
+    """
+    k_n, _, _, c_n = x.shape
+    n_bins = start.shape[1]
+    widest = int((end - start).max()) if k_n else 0
+    shape = [k_n, x.shape[1], x.shape[2], c_n]
+    shape[dim] = n_bins
+    best = x.new_full(shape, -torch.inf)
+    view = [k_n, 1, 1, 1]
+    view[dim] = n_bins
+    for d in range(widest):
+        pos = start + d  # [K, bins]
+        ok = (pos < end).view(view)
+        index = pos.clamp(max=max(length - 1, 0)).view(view).expand(shape)
+        v = torch.gather(x, dim, index)
+        best = torch.where(ok & (v > best), v, best)
+    return best
 
 
 def _gather(input: Tensor, rois: Tensor, rows: Tensor, ok_r: Tensor, cols: Tensor, ok_s: Tensor) -> Tensor:
