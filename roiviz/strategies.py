@@ -249,7 +249,7 @@ def _resize_taps(size: Tensor, out_n: int, dtype: torch.dtype) -> tuple[Tensor, 
 def _adaptive(input: Tensor, boxes: BoxesLike, output_size, spatial_scale: float, mode: str) -> Tensor:
     input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
     y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
-    k_n, c_n = rois.shape[0], input.shape[1]
+    k_n = rois.shape[0]
     # The crops, zero-padded top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
     h_max = int(h.max()) if k_n else 0
     w_max = int(w.max()) if k_n else 0

@@ -29,7 +29,7 @@ def test_registry_names_and_order():
 
 
 def test_get_strategy_unknown_lists_known_names():
-    with pytest.raises(ValueError, match="unknown strategy 'warp'.*crop, pad, adaptive_max"):
+    with pytest.raises(ValueError, match=r"unknown strategy 'warp'.*crop, pad, adaptive_max"):
         roiviz.get_strategy("warp")
     with pytest.raises(TypeError, match="strategy name must be a str"):
         roiviz.get_strategy(3)
