@@ -7,9 +7,16 @@ import os
 import matplotlib
 import pytest
 import torch
+from hypothesis import settings
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Explore new random cases on developers' machines; replay a fixed set in CI so that a landing
+# is never decided by chance (a case found locally is kept in .hypothesis/ and replayed).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
