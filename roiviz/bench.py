@@ -168,7 +168,21 @@ def make_input(workload: Workload, seed: int = 0, device: str | torch.device = "
 OpFn = Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 
 
-def _roiviz_op(label: str) -> OpFn:
+def _roiviz_op(label: str, trusted: bool = False) -> OpFn:
+    """roiviz's callable for an op label; ``trusted`` runs it inside ``roiviz.trusted_boxes()``."""
+    import roiviz
+
+    fn = _roiviz_plain(label)
+    if not trusted:
+        return fn
+
+    def call(x: torch.Tensor, b: torch.Tensor, o: int, s: float) -> torch.Tensor:
+        with roiviz.trusted_boxes():
+            return fn(x, b, o, s)
+    return call
+
+
+def _roiviz_plain(label: str) -> OpFn:
     import roiviz
 
     if label == "roi_align sr=2":
@@ -618,6 +632,7 @@ def run_benchmark(
     passes: Sequence[str] | None = None, *, quick: bool = False, device: str = "cpu",
     rounds: int | None = None, min_run_time: float | None = None, threads: int | None = None,
     torchvision: bool = True, memory: bool | None = None, progress: bool = True, seed: int = 0,
+    trusted: bool = False,
 ) -> BenchResult:
     """Time roiviz's ops and strategies on the workloads, against torchvision when installed.
 
@@ -637,6 +652,8 @@ def run_benchmark(
     torchvision : compare with torchvision when it is importable.
     memory : probe the peak memory of one W1 forward (default: on for a full CPU run with W1).
     progress : show a tqdm progress bar.
+    trusted : time roiviz inside ``roiviz.trusted_boxes()`` (no data-dependent box checks), to
+        see what validation costs; off by default because a user's call pays for it.
 
     Returns
     -------
@@ -660,7 +677,7 @@ def run_benchmark(
         wl_run = wl.quick() if quick else wl
         x, boxes = make_input(wl_run, seed, dev), make_boxes(wl_run, seed, dev)
         for label in labels:
-            impls = [("roiviz", _roiviz_op(label))]
+            impls = [("roiviz", _roiviz_op(label, trusted))]
             tv = _torchvision_op(label) if torchvision else None
             if tv is not None:
                 impls.append(("torchvision", tv))
@@ -686,7 +703,7 @@ def run_benchmark(
             if (op, "roiviz") in by and (op, "torchvision") in by and by[op, "torchvision"] > 0:
                 summary[f"W1 peak memory {op} fwd"] = by[op, "roiviz"] / by[op, "torchvision"]
 
-    settings = {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time, "seed": seed,
+    settings = {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time, "seed": seed, "trusted": trusted,
                 "workloads": {w.name: _wl_dict(w.quick() if quick else w) for w in wls}}
     return BenchResult(rows, summary, environment(dev, threads), mem_rows, settings)
 
@@ -790,6 +807,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement (default 0.2)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default torch.get_num_threads())")
     p.add_argument("--no-torchvision", action="store_true", help="time roiviz only")
+    p.add_argument("--trusted", action="store_true",
+                   help="time roiviz inside roiviz.trusted_boxes() (skip the data-dependent box checks)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                    help="probe the peak memory of one W1 forward (default: on in a full CPU run with W1)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the result as JSON to PATH ('-': stdout)")
@@ -820,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_benchmark(
                 args.workloads, args.ops, args.passes, quick=args.quick, device=args.device, rounds=args.rounds,
                 min_run_time=args.min_run_time, threads=args.threads, torchvision=not args.no_torchvision,
-                memory=args.memory, progress=progress, seed=args.seed,
+                memory=args.memory, progress=progress, seed=args.seed, trusted=args.trusted,
             )
     except ValueError as exc:
         print(f"roiviz bench: error: {exc}", file=sys.stderr)
