@@ -606,12 +606,24 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         affinity = os.cpu_count()
     return {
         "torch": str(torch.__version__), "torchvision": tv_version, "roiviz": roiviz.__version__,
+        "roiviz_git": _git_revision(),
         "python": platform.python_version(), "platform": platform.platform(),
         "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "threads": threads or torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpus_usable": affinity,
         "cpu_model": cpu_model, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _git_revision() -> str | None:
+    """``git describe`` of the roiviz checkout being timed (``None`` outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
