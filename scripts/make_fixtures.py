@@ -351,10 +351,15 @@ def run_case(spec: dict, sets: dict[str, torch.Tensor], inputs: dict[str, torch.
 
 
 def build() -> dict:
-    torch.set_num_threads(1)
-    sets = feature_box_sets()
-    inputs = make_inputs()
-    cases = [run_case(spec, sets, inputs) for spec in case_specs()]
+    """All cases with torchvision's results, and the metadata (versions, seed)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # torchvision's CPU kernels are serial anyway; rule out any variation
+    try:
+        sets = feature_box_sets()
+        inputs = make_inputs()
+        cases = [run_case(spec, sets, inputs) for spec in case_specs()]
+    finally:
+        torch.set_num_threads(saved)
     names = [c["name"] for c in cases]
     if len(set(names)) != len(names):
         raise RuntimeError("case names must be unique")

@@ -17,6 +17,7 @@ The summary tests print the largest difference and the number of bit-exact cases
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,18 @@ def test_live_summary(capsys: pytest.CaptureFixture[str]) -> None:
             if diffs:
                 print(f"\nlive {d}: {len(diffs)} random cases, max |diff| {max(diffs):.3g}, "
                       f"{sum(v == 0 for v in diffs)} bit-exact")
+
+
+@needs_torchvision
+def test_live_fixture_script_reproduces_the_file() -> None:
+    """With the same torch/torchvision, scripts/make_fixtures.py rewrites the file byte for byte."""
+    import torchvision
+
+    meta = DATA["meta"]
+    if (str(torch.__version__), str(torchvision.__version__)) != (meta["torch"], meta["torchvision"]):
+        pytest.skip(f"fixtures were made with torch {meta['torch']} / torchvision {meta['torchvision']}")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_fixtures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.serialise(module.build()) == FIXTURE.read_bytes()
