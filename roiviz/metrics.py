@@ -41,10 +41,11 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -58,6 +59,7 @@ from .boxes import crop_bounds
 from .strategies import STRATEGIES, get_strategy
 
 __all__ = [
+    "METRICS",
     "QUANTIZING",
     "Coverage",
     "MetricsTable",
@@ -87,8 +89,11 @@ StrategyLike = str | Callable[..., Tensor]
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_box(box: object, n: int = 1, name: str = "box") -> tuple[int, float, float, float, float]:
-    """``(batch_index, x1, y1, x2, y2)`` from a 4- or 5-sequence/tensor, checked."""
+def _parse_box(box: object, n: int | None = None, name: str = "box") -> tuple[int, float, float, float, float]:
+    """``(batch_index, x1, y1, x2, y2)`` from a 4- or 5-sequence/tensor, checked.
+
+    ``n`` is the input's batch size; ``None`` for geometry that does not look at the input.
+    """
     if isinstance(box, Tensor):
         values = box.detach().cpu().double().flatten().tolist()
     elif isinstance(box, np.ndarray):
@@ -108,8 +113,9 @@ def _parse_box(box: object, n: int = 1, name: str = "box") -> tuple[int, float, 
     b, x1, y1, x2, y2 = values
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name} {tuple(values)} has a NaN or infinite value")
-    if b != int(b) or not 0 <= b < n:
-        raise ValueError(f"{name} has batch index {b:g}, which is not a whole number in [0, {n})")
+    if b != int(b) or b < 0 or (n is not None and b >= n):
+        where = f"in [0, {n})" if n is not None else ">= 0"
+        raise ValueError(f"{name} has batch index {b:g}, which is not a whole number {where}")
     if x2 < x1 or y2 < y1:
         raise ValueError(f"{name} (x1, y1, x2, y2) = {(x1, y1, x2, y2)} must have x1 <= x2 and y1 <= y2")
     return int(b), x1, y1, x2, y2
@@ -392,6 +398,18 @@ def _splat_weights(p: float, n: int) -> tuple[int, float, int, float]:
     return i0, 1.0 - f, i1, f
 
 
+@functools.lru_cache(maxsize=16)
+def _random_probe(height: int, width: int, ph: int, pw: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Seeded random map ``[1, 1, H, W]`` in ``[0.05, 1)`` and output weights ``[1, 1, PH, PW]`` in ``[0.5, 1.5)``.
+
+    Cached: it does not depend on the box. Callers must not modify the tensors.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    probe = 0.05 + 0.95 * torch.rand(1, 1, height, width, generator=gen, dtype=dtype)
+    weights = 0.5 + torch.rand(1, 1, ph, pw, generator=gen, dtype=dtype)
+    return probe, weights
+
+
 def _is_power_of_two(s: float) -> bool:
     return math.frexp(s)[0] == 0.5
 
@@ -455,12 +473,12 @@ class _Probe:
         return out
 
     def _random(self) -> tuple[Tensor, Tensor]:
-        """The random probe map ``[1, 1, h, w]`` in ``[0.05, 1)`` and output weights in ``[0.5, 1.5)``."""
+        """The window of the random probe map, ``[1, 1, h, w]``, and the output weights ``[1, 1, PH, PW]``."""
         wy0, wy1, wx0, wx1 = self.window
-        gen = torch.Generator().manual_seed(self.seed)
-        probe = 0.05 + 0.95 * torch.rand(1, 1, wy1 - wy0, wx1 - wx0, generator=gen, dtype=self.dtype)
-        weights = 0.5 + torch.rand(1, 1, *self.output_size, generator=gen, dtype=self.dtype)
-        return probe.to(self.device), weights.to(self.device)
+        probe, weights = _random_probe(self.height, self.width, *self.output_size, self.seed, self.dtype)
+        # Slicing the one map of the whole input keeps results identical with and without a window.
+        probe = probe[:, :, wy0:wy1, wx0:wx1].to(self.device, copy=True)
+        return probe, weights.to(self.device)
 
     @staticmethod
     def _check_grad(fn: Callable[..., Tensor], out: Tensor) -> None:
@@ -561,7 +579,9 @@ def influence_map(
     ``w`` are random weights in ``[0.5, 1.5)``, one per output cell, and ``input`` is a random
     map with values in ``[0.05, 1)`` (both seeded by ``seed``), or ``probe`` (``Tensor[1, C, H,
     W]``, e.g. the real feature map; then the gradient is summed over channels). A cell
-    *influences* the output when this is non-zero. Positive weights mean contributions never
+    *influences* the output when this is non-zero; :func:`coverage` counts it when it exceeds
+    ``1e-5`` times the largest value, because float32 rounding can turn a bilinear weight that
+    is exactly 0 (a sample on a cell centre) into ~1e-7. Positive weights mean contributions never
     cancel for strategies with non-negative coefficients (all of roiviz's); for any other
     strategy an exact cancellation has probability zero.
 
@@ -598,10 +618,15 @@ def influence_map(
     return _Probe(None, parsed, ph_pw, s, height, width, seed, windowed=_is_builtin(fn)).gradient(fn)
 
 
+#: A cell influences when its gradient exceeds this fraction of the largest one: bilinear
+#: weights that are exactly 0 in exact arithmetic can come out as ~1e-7 after float32 rounding.
+_INFLUENCE_RTOL = 1e-5
+
+
 def _coverage_from(grad: Tensor, parsed: tuple[int, float, float, float, float], s: float) -> Coverage:
     height, width = grad.shape
     inside = box_mask(parsed, s, height, width).to(grad.device)
-    hit = grad > 0
+    hit = grad > _INFLUENCE_RTOL * grad.max() if grad.numel() else grad > 0
     n_box = int(inside.sum())
     covered = int((hit & inside).sum())
     leak = int((hit & ~inside).sum())
@@ -849,19 +874,34 @@ _COLUMNS = (
     ("coverage", "coverage", "%", "box cells that influence the output / box cells"),
     ("leak", "leak", "d", "cells outside the box that influence the output"),
     ("leak/area", "leak_fraction", "%", "leak / box area in cells"),
-    ("q_lost", "quant_lost", "q", "box cells dropped by the integer crop"),
-    ("q_gained", "quant_gained", "q", "cells outside the box added by the integer crop"),
+    ("q_lost", "quant_lost", "d", "box cells dropped by the integer crop"),
+    ("q_gained", "quant_gained", "d", "cells outside the box added by the integer crop"),
     ("aspect", "aspect_distortion", "+", "log((box w/h) / (PW/PH)) of the stretched region"),
     ("PSNR_dB", "psnr", "f1", "output resized back vs the true crop"),
     ("misalign", "misalignment", "f2", "mean displacement of impulses, input cells"),
 )
 
 
+#: The metric groups :func:`strategy_metrics` can compute (its ``include`` argument).
+METRICS: tuple[str, ...] = ("coverage", "quantization", "aspect", "psnr", "misalignment")
+
+
+def _check_include(include: object) -> frozenset[str]:
+    if include is None:
+        return frozenset(METRICS)
+    if isinstance(include, str) or not isinstance(include, Collection):
+        raise TypeError(f"include must be a collection of metric names from {METRICS}, got {include!r}")
+    unknown = [m for m in include if m not in METRICS]
+    if unknown:
+        raise ValueError(f"include has unknown metrics {unknown}; known metrics: {', '.join(METRICS)}")
+    return frozenset(include)
+
+
 def _fmt(value: object, kind: str) -> str:
     if kind == "s":
         return str(value)
-    if kind in ("d", "q"):
-        return "n/a" if kind == "q" and value == -1 else str(value)
+    if kind == "d":
+        return "n/a" if value == -1 else str(value)  # -1: not computed or not applicable
     v = float(value)  # type: ignore[arg-type]
     if math.isnan(v):
         return "n/a"
@@ -973,6 +1013,7 @@ def strategy_metrics(
     strategies: Sequence[StrategyLike] | Mapping[str, Callable[..., Tensor]] | None = None,
     *,
     outputs: Mapping[str, Tensor] | None = None,
+    include: Collection[str] | None = None,
     seed: int = 0,
 ) -> MetricsTable:
     """Every metric for every strategy on one box, as a :class:`MetricsTable`.
@@ -995,6 +1036,10 @@ def strategy_metrics(
     outputs : mapping name -> Tensor, optional
         Outputs already computed for this box (``[1, C, PH, PW]`` or ``[C, PH, PW]``), to skip
         recomputing them for the PSNR.
+    include : collection of str, optional
+        The metrics to compute, among :data:`METRICS` (default: all). Left-out metrics are
+        ``nan`` (``-1`` for the integer ones), printed ``n/a``. ``("quantization", "aspect",
+        "psnr")`` with ``outputs`` given runs no strategy at all: the cheapest live update.
     seed : int
         Seed of the random probe map and output weights (coverage, leak).
 
@@ -1011,6 +1056,9 @@ def strategy_metrics(
         - ``aspect_distortion``: :func:`aspect_distortion`;
         - ``psnr``: :func:`reconstruction_psnr` of the real output;
         - ``misalignment``: :func:`misalignment` ``.mean``.
+
+        ``leak`` is ``-1`` when coverage is not included; ``quant_*`` are ``-1`` when not
+        included or for a strategy outside :data:`QUANTIZING` other than ``roi_align``.
 
     Cost: one forward and one backward per strategy, on a batch holding the random probe, up
     to 9 impulse maps and the ``C`` real channels (each ``H x W``, one channel).
@@ -1033,43 +1081,59 @@ def strategy_metrics(
     items = _resolve(strategies)
     if outputs is not None and not isinstance(outputs, Mapping):
         raise TypeError(f"outputs must be a mapping strategy name -> Tensor, got {type(outputs).__name__}")
+    include = _check_include(include)
     windowed = all(_is_builtin(fn) for _, fn in items)
     probe = _Probe(input, parsed, ph_pw, s, height, width, seed, windowed=windowed)
-    quant = quantization(parsed, s, height, width, dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
-    crop_bounds_true = _true_crop_bounds(parsed, s, height, width)
+    if "misalignment" not in include:
+        probe.points = []
+    quant = None
+    if "quantization" in include:
+        quant = quantization(parsed, s, height, width, dtype=torch.float64 if input.dtype == torch.float64 else torch.float32)
     true_crop = None
-    if crop_bounds_true is not None:
-        r0, r1, c0, c1 = crop_bounds_true
+    bounds = _true_crop_bounds(parsed, s, height, width) if "psnr" in include else None
+    if bounds is not None:
+        r0, r1, c0, c1 = bounds
         true_crop = input[parsed[0], :, r0:r1, c0:c1].detach()
+    c_n = input.shape[1]
     rows = []
     for name, fn in items:
         given = outputs is not None and name in outputs
-        responses, real = probe.forward(fn, real=not given)
-        cov = _coverage_from(probe.gradient(fn), parsed, s)
-        mis = _misalignment_from(responses, probe.points, parsed, s)
-        if given:
-            out = outputs[name].detach()  # type: ignore[index]
-            out = out[0] if out.dim() == 4 else out
-        else:
-            out = real  # [C, PH, PW]
-        psnr = _psnr(out, true_crop) if true_crop is not None else math.nan  # type: ignore[arg-type]
-        if name in QUANTIZING:
-            lost, gained = quant.lost, quant.gained
-        elif name == "roi_align":
-            lost, gained = 0, 0
-        else:
-            lost, gained = -1, -1
+        responses, real = probe.forward(fn, real=true_crop is not None and not given)
+        cov_, leak, leak_fraction = math.nan, -1, math.nan
+        if "coverage" in include:
+            cov = _coverage_from(probe.gradient(fn), parsed, s)
+            cov_, leak, leak_fraction = cov.coverage, cov.leak, cov.leak_fraction
+        mis = _misalignment_from(responses, probe.points, parsed, s).mean if "misalignment" in include else math.nan
+        psnr = math.nan
+        if true_crop is not None:
+            if given:
+                out = outputs[name].detach()  # type: ignore[index]
+                out = out[0] if out.dim() == 4 and out.shape[0] == 1 else out
+                if tuple(out.shape) != (c_n, *ph_pw):
+                    raise ValueError(f"outputs[{name!r}] must have shape [1, {c_n}, {ph_pw[0]}, {ph_pw[1]}], got {tuple(outputs[name].shape)}")  # type: ignore[index]
+            else:
+                out = real  # [C, PH, PW]
+            psnr = _psnr(out, true_crop)  # type: ignore[arg-type]
+        lost, gained = -1, -1
+        if quant is not None:
+            if name in QUANTIZING:
+                lost, gained = quant.lost, quant.gained
+            elif name == "roi_align":
+                lost, gained = 0, 0
+        aspect = math.nan
+        if "aspect" in include and name in STRATEGIES:
+            aspect = aspect_distortion(name, parsed, ph_pw, s, height, width)
         rows.append(
             StrategyMetrics(
                 strategy=name,
-                coverage=cov.coverage,
-                leak=cov.leak,
-                leak_fraction=cov.leak_fraction,
+                coverage=cov_,
+                leak=leak,
+                leak_fraction=leak_fraction,
                 quant_lost=lost,
                 quant_gained=gained,
-                aspect_distortion=aspect_distortion(name, parsed, ph_pw, s, height, width) if name in STRATEGIES else math.nan,
+                aspect_distortion=aspect,
                 psnr=psnr,
-                misalignment=mis.mean,
+                misalignment=mis,
             )
         )
     return MetricsTable(rows)
