@@ -477,10 +477,10 @@ class RoIAlignArtists:
         xy = yx[:, ::-1] + 0.5
         self.inside.set_offsets(xy[~out] if (~out).any() else np.empty((0, 2)))
         self.outside.set_offsets(xy[out] if out.any() else np.empty((0, 2)))
-        grid = count if self.sampling_ratio <= 0 else self.sampling_ratio**2
-        per_bin = f"{count} samples per bin" if self.sampling_ratio > 0 else f"adaptive: {grid} samples per bin"
+        adaptive = " (adaptive)" if self.sampling_ratio <= 0 else ""
         self.title.set_text(
-            f"ROI Align {ph_n}x{pw_n}, sampling_ratio={self.sampling_ratio} ({per_bin}), aligned={self.aligned}"
+            f"ROI Align {ph_n}x{pw_n}, aligned={self.aligned}\n"
+            f"sampling_ratio={self.sampling_ratio}{adaptive}: {count} samples per bin"
         )
 
 
@@ -608,12 +608,15 @@ class StrategyPanels:
         """Show new outputs (``[C, PH, PW]`` or ``[1, C, PH, PW]`` each) and metrics, in place.
 
         One colour scale for all panels: ``clim``, or the range of all outputs shown (always
-        including 0, the value the zero-filling strategies invent).
+        including 0, the value the zero-filling strategies invent; ``(0, 1)`` for RGB outputs
+        within it).
         """
         shown = {name: display_array(outputs[name], channel) for name in self.names if name in outputs}
         if clim is None:
             lo = min([0.0, *(float(a.min()) for a in shown.values())])
             hi = max([0.0, *(float(a.max()) for a in shown.values())])
+            if all(a.ndim == 3 for a in shown.values()) and lo >= 0.0 and hi <= 1.0:
+                lo, hi = 0.0, 1.0  # RGB in [0, 1]: show the colours as they are
             clim = (lo, hi if hi > lo else lo + 1.0)
         self.clim = (float(clim[0]), float(clim[1]))
         for name in self.names:
@@ -626,7 +629,7 @@ class StrategyPanels:
             im.set_data(_rgb_in_clim(a, self.clim) if a.ndim == 3 else a)
             im.set_clim(*self.clim)
             shape = a.shape[:2]
-            if im.get_extent() != (0, shape[1], shape[0], 0):
+            if tuple(im.get_extent()) != (0, shape[1], shape[0], 0):
                 im.set_extent((0, shape[1], shape[0], 0))
             if metrics is not None and name in self.texts:
                 self.texts[name].set_text(metrics_text(metrics[name]))

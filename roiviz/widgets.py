@@ -127,7 +127,8 @@ def sample_points(
     # y of sample iy in bin ph: start + ph * bin + (iy + 0.5) * bin / grid.
     ys = start_h + np.arange(ph_n)[:, None] * bin_h + (np.arange(grid_h)[None, :] + 0.5) * bin_h / max(grid_h, 1)
     xs = start_w + np.arange(pw_n)[:, None] * bin_w + (np.arange(grid_w)[None, :] + 0.5) * bin_w / max(grid_w, 1)
-    yy, xx = np.meshgrid(ys.ravel(), xs.ravel(), indexing="ij")
+    # In the reference's order: bin (ph, pw), then sample (iy, ix).
+    yy, xx = np.broadcast_arrays(ys[:, None, :, None], xs[None, :, None, :])  # [PH, PW, GH, GW]
     yy, xx = yy.ravel(), xx.ravel()
     outside = (yy < -1.0) | (yy > height) | (xx < -1.0) | (xx > width)
     return np.stack([xx + 0.5, yy + 0.5], axis=1), outside, max(grid_h * grid_w, 1)
@@ -185,8 +186,9 @@ class ExplorerModel(T.HasTraits):
     True
     """
 
-    #: The active ROI ``(x1, y1, x2, y2)`` in image pixels.
-    box = T.Tuple(T.Float(), T.Float(), T.Float(), T.Float(), default_value=(0.0, 0.0, 1.0, 1.0))
+    #: The active ROI ``(x1, y1, x2, y2)`` in image pixels: any 4 numbers (a tuple, list, array),
+    #: stored as a tuple of floats after validation (see :meth:`_validate_box`).
+    box = T.Any((0.0, 0.0, 1.0, 1.0))
     #: Every ROI, in image pixels; ``boxes[active]`` is ``box``.
     boxes = T.List(T.Tuple(T.Float(), T.Float(), T.Float(), T.Float()))
     #: Index of the active ROI.
@@ -629,8 +631,7 @@ class Explorer(W.VBox):
                 drag_from_anywhere=True, props={"edgecolor": color, "facecolor": color, "alpha": 0.15, "fill": True},
                 handle_props={"markeredgecolor": color, "markerfacecolor": "white", "markersize": 7},
             )
-            x1, y1, x2, y2 = m.box
-            self.selector.extents = (x1, x2, y1, y2)
+            self._place_selector(m.box)
             self.canvas.mpl_connect("button_press_event", self._on_press)
             self.canvas.mpl_connect("motion_notify_event", self._on_motion)
             self.canvas.mpl_connect("button_release_event", self._on_release)
@@ -716,7 +717,7 @@ class Explorer(W.VBox):
 
     @box.setter
     def box(self, value: Sequence[float]) -> None:
-        self.model.box = tuple(value)
+        self.model.box = value
 
     @property
     def boxes(self) -> list[Box]:
@@ -803,19 +804,28 @@ class Explorer(W.VBox):
                 self._guard(setattr, self.model, "box", box)
 
     def _on_select(self, eclick: Any, erelease: Any) -> None:
-        self._guard(setattr, self.model, "box", self._selector_box())
+        x1, y1, x2, y2 = self._selector_box()
+        if x2 - x1 <= 0 and y2 - y1 <= 0:  # a bare click starts no box: keep the one we have
+            self.model.message = "refused: a click without a drag draws no box; the box is kept"
+            return
+        self._guard(setattr, self.model, "box", (x1, y1, x2, y2))
 
     def _on_release(self, event: Any) -> None:
         if not self._dragging:
             return
         self._dragging = False
         # Put the selector on the validated box (it may have been clamped, widened or refused).
-        x1, y1, x2, y2 = self.model.box
+        self._place_selector(self.model.box)
+        self._guard(setattr, self.model, "dragging", False)  # recomputes, now with the metrics
+
+    def _place_selector(self, box: Box) -> None:
+        x1, y1, x2, y2 = box
         self.selector.extents = (x1, x2, y1, y2)
         self.selector.set_visible(True)
+        # A box set from code (or restored after a bare click cleared the selector) must behave
+        # like one the user drew: matplotlib only calls back for a completed selection.
         if hasattr(self.selector, "_selection_completed"):
-            self.selector._selection_completed = True  # a bare click cleared it: make it grabbable again
-        self._guard(setattr, self.model, "dragging", False)  # recomputes, now with the metrics
+            self.selector._selection_completed = True
 
     # ---------------------------------------------------------------- redraw
     def _on_results(self, change: Any) -> None:
@@ -899,9 +909,8 @@ class Explorer(W.VBox):
             else:
                 rect.set_visible(False)
         if self.selector is not None and not self._dragging:
-            ext = (x1, x2, y1, y2)
-            if tuple(self.selector.extents) != ext:
-                self.selector.extents = ext
+            if tuple(self.selector.extents) != (x1, x2, y1, y2):
+                self._place_selector(m.box)
         if r is None:
             return False
         full = self._update_static()
