@@ -219,29 +219,25 @@ def test_influence_map_on_a_real_probe() -> None:
 def test_window_is_exact(x1, y1, w, h, s, ph, pw, name) -> None:
     box = (0, x1, y1, x1 + w, y1 + h)
     fn = roiviz.STRATEGIES[name]
-    x = torch.rand(1, 2, 24, 20, generator=torch.Generator().manual_seed(1))
-    win = _Probe(x, box, (ph, pw), s, 24, 20, 0, windowed=True)
-    full = _Probe(x, box, (ph, pw), s, 24, 20, 0, windowed=False)
-    assert win.window != (0, 24, 0, 20) or full.window == win.window
+    win = _Probe(box, (ph, pw), s, 24, 20, 0, windowed=True)
+    full = _Probe(box, (ph, pw), s, 24, 20, 0, windowed=False)
+    assert full.window == (0, 24, 0, 20)
+    g_win, r_win = win.run(fn)
+    g_full, r_full = full.run(fn)
     # Shifting the box by whole cells is exact; ROI Align's sample arithmetic then rounds at
     # other magnitudes, so its values may differ in the last bits, never in their support.
-    g_win, g_full = win.gradient(fn), full.gradient(fn)
     torch.testing.assert_close(g_win, g_full, rtol=1e-5, atol=1e-6)
-    assert torch.equal(_coverage_from(g_win, box, s).inside, _coverage_from(g_full, box, s).inside)
     cw, cf = _coverage_from(g_win, box, s), _coverage_from(g_full, box, s)
+    assert (cw.coverage, cw.leak, cw.influenced) == (cf.coverage, cf.leak, cf.influenced) or math.isnan(cw.coverage)
     assert (cw.leak, cw.influenced) == (cf.leak, cf.influenced)
-    r_win, o_win = win.forward(fn, real=True)
-    r_full, o_full = full.forward(fn, real=True)
     torch.testing.assert_close(r_win, r_full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(o_win, o_full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(o_full, fn(x, torch.tensor([box], dtype=torch.float32), (ph, pw), s)[0])
 
 
 def test_window_not_used_for_other_scales() -> None:
     box = _parse_box((3.0, 3.0, 9.0, 9.0))
-    assert _Probe(None, box, (2, 2), 1 / 3, 30, 30, 0, windowed=True).window == (0, 30, 0, 30)
+    assert _Probe(box, (2, 2), 1 / 3, 30, 30, 0, windowed=True).window == (0, 30, 0, 30)
     # Cells 1.5 .. 4.5 -> rows/cols floor(1.5) - 2 = -1 (clipped to 0) .. ceil(4.5) + 3 = 8.
-    assert _Probe(None, box, (2, 2), 0.5, 30, 30, 0, windowed=True).window == (0, 8, 0, 8)
+    assert _Probe(box, (2, 2), 0.5, 30, 30, 0, windowed=True).window == (0, 8, 0, 8)
 
 
 # ---- aspect distortion ------------------------------------------------------------------------
