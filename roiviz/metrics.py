@@ -71,6 +71,7 @@ __all__ = [
     "box_mask",
     "coverage",
     "influence_map",
+    "local",
     "misalignment",
     "quantization",
     "reconstruction_psnr",
@@ -366,6 +367,32 @@ def _is_builtin(fn: Callable[..., Tensor]) -> bool:
     return any(fn is f for f in STRATEGIES.values())
 
 
+def _is_local(fn: Callable[..., Tensor]) -> bool:
+    return _is_builtin(fn) or getattr(fn, "__roiviz_local__", False) is True
+
+
+def local(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Mark a strategy as reading only cells within 2 of its box, so metrics may use a window.
+
+    roiviz's own strategies are local already; so is :func:`roiviz.roi_align` with any
+    ``sampling_ratio`` and ``aligned``, and :func:`roiviz.roi_pool`. Metrics of a local strategy
+    run on a window around the box (much faster on large maps); those of any other callable
+    run on the whole map. Marking a strategy that reads farther makes its leak undercounted.
+    Returns ``fn`` itself, with the attribute ``__roiviz_local__ = True``.
+
+    Examples
+    --------
+    >>> import roiviz
+    >>> legacy = local(lambda x, b, size, scale=1.0: roiviz.roi_align(x, b, size, scale, 2, aligned=False))
+    >>> legacy.__roiviz_local__
+    True
+    """
+    if not callable(fn):
+        raise TypeError(f"local() takes a strategy callable, got {type(fn).__name__}")
+    fn.__roiviz_local__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _resolve(strategies: object) -> list[tuple[str, Callable[..., Tensor]]]:
     if strategies is None:
         return list(STRATEGIES.items())
@@ -432,8 +459,9 @@ class _Probe:
     elements ``1 .. M`` hold one impulse each; a single call and a single backward of
     ``sum(w * out[0])`` give the influence map and the impulse responses.
 
-    For roiviz's own strategies and a power-of-two ``spatial_scale``, everything runs on a
-    window of the map: the box's cells plus 2 cells of margin, clipped to the map. The box is
+    For roiviz's own strategies (and callables marked with :func:`local`) and a power-of-two
+    ``spatial_scale``, everything runs on a window of the map: the box's cells plus 2 cells of
+    margin, clipped to the map. The box is
     shifted by a whole number of cells, which is exact in floating point for such scales, and
     the strategies read nothing outside the window (the integer crop lies within a cell of the
     box, ROI Align's bilinear taps within one cell of its samples), and where the window meets
@@ -450,28 +478,28 @@ class _Probe:
         self.output_size, self.s, self.seed = output_size, s, seed
         self.height, self.width = height, width
         self.points = _impulse_points(box, s, ph, pw, height, width)
-        wy0, wy1, wx0, wx1 = 0, height, 0, width
-        coords = torch.tensor(box[1:], dtype=self.dtype)
+        self.full = (0, height, 0, width)
+        self.full_coords = torch.tensor(box[1:], dtype=self.dtype).to(self.device)
+        # The window, if the scale allows an exact shift; runs on it only when asked to.
+        self.window, self.coords = self.full, self.full_coords
         if windowed and _is_power_of_two(s):
             _, x1, y1, x2, y2 = box
             ax0 = min(max(math.floor(x1 * s) - 2, 0), width)
             ax1 = max(min(math.ceil(x2 * s) + 3, width), ax0)
             ay0 = min(max(math.floor(y1 * s) - 2, 0), height)
             ay1 = max(min(math.ceil(y2 * s) + 3, height), ay0)
+            coords = torch.tensor(box[1:], dtype=self.dtype)
             shift = torch.tensor([ax0 / s, ay0 / s, ax0 / s, ay0 / s], dtype=self.dtype)
             moved = coords - shift
             exact = bool(((moved.double() + shift.double()) == coords.double()).all())
             if ax1 > ax0 and ay1 > ay0 and exact:
-                wy0, wy1, wx0, wx1 = ay0, ay1, ax0, ax1
-                coords = moved
-        self.window = (wy0, wy1, wx0, wx1)
-        self.coords = coords.to(self.device)  # (x1, y1, x2, y2) in the window, in the probe dtype
-        self._impulse_maps: Tensor | None = None
+                self.window, self.coords = (ay0, ay1, ax0, ax1), moved.to(self.device)
+        self._impulse_maps: dict[tuple[int, int, int, int], Tensor] = {}
 
-    def impulses(self) -> Tensor:
-        """``[M, 1, h, w]``: impulse ``k`` splatted bilinearly around ``points[k]`` (built once)."""
-        if self._impulse_maps is None:
-            wy0, wy1, wx0, wx1 = self.window
+    def impulses(self, window: tuple[int, int, int, int]) -> Tensor:
+        """``[M, 1, h, w]``: impulse ``k`` splatted bilinearly around ``points[k]`` (built once per window)."""
+        if window not in self._impulse_maps:
+            wy0, wy1, wx0, wx1 = window
             m = len(self.points)
             maps = torch.zeros(m, (wy1 - wy0) * (wx1 - wx0), dtype=torch.float64)
             idx, val = [], []
@@ -482,20 +510,22 @@ class _Probe:
                 val.append([wr * wc for wr in (wr0, wr1) for wc in (wc0, wc1)])
             if m:  # coinciding taps (at the map's last cell) add up
                 maps.scatter_add_(1, torch.tensor(idx), torch.tensor(val, dtype=torch.float64))
-            self._impulse_maps = maps.to(self.dtype).view(m, 1, wy1 - wy0, wx1 - wx0).to(self.device)
-        return self._impulse_maps
+            self._impulse_maps[window] = maps.to(self.dtype).view(m, 1, wy1 - wy0, wx1 - wx0).to(self.device)
+        return self._impulse_maps[window]
 
-    def _rois(self, k_n: int) -> Tensor:
-        index = torch.arange(k_n, dtype=self.dtype, device=self.device)[:, None]
-        return torch.cat([index, self.coords.expand(k_n, 4)], dim=1)  # [K, 5]
-
-    def run(self, fn: Callable[..., Tensor], grad: bool = True, impulses: bool = True) -> tuple[Tensor | None, Tensor]:
+    def run(
+        self, fn: Callable[..., Tensor], grad: bool = True, impulses: bool = True, windowed: bool | None = None
+    ) -> tuple[Tensor | None, Tensor]:
         """``(influence [H, W] or None, impulse responses [M, PH, PW])`` from one call of ``fn``.
 
         The influence is ``|d sum(w * out[0]) / d probe|`` on the full map (zero outside the
-        window); ``w`` are the cached random output weights.
+        window); ``w`` are the cached random output weights. ``windowed`` (default: whether
+        ``fn`` is :func:`local`) runs on the window.
         """
-        wy0, wy1, wx0, wx1 = self.window
+        if windowed is None:
+            windowed = _is_local(fn)
+        window, coords = (self.window, self.coords) if windowed else (self.full, self.full_coords)
+        wy0, wy1, wx0, wx1 = window
         parts = []
         weights = None
         if grad:
@@ -504,7 +534,7 @@ class _Probe:
             parts.append(probe[:, :, wy0:wy1, wx0:wx1].to(self.device))
         m = len(self.points) if impulses else 0
         if m:
-            parts.append(self.impulses())
+            parts.append(self.impulses(window))
         if not parts:
             return None, torch.zeros(0, *self.output_size, dtype=self.dtype, device=self.device)
         batch = torch.cat(parts).contiguous()  # [grad + M, 1, h, w]
@@ -512,7 +542,9 @@ class _Probe:
         with torch.enable_grad() if grad else torch.no_grad():
             batch.requires_grad_(grad)
             with trusted_boxes():
-                out = fn(batch, self._rois(batch.shape[0]), self.output_size, self.s)  # [K, 1, PH, PW]
+                index = torch.arange(batch.shape[0], dtype=self.dtype, device=self.device)[:, None]
+                rois = torch.cat([index, coords.expand(batch.shape[0], 4)], dim=1)  # [K, 5]
+                out = fn(batch, rois, self.output_size, self.s)  # [K, 1, PH, PW]
             expected = (batch.shape[0], 1, *self.output_size)
             if not isinstance(out, Tensor) or tuple(out.shape) != expected:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -612,7 +644,7 @@ def influence_map(
         return g[parsed[0]].abs().sum(0)
     height, width = _check_map_size(height, width)
     parsed = _parse_box(box)
-    influence, _ = _Probe(parsed, ph_pw, s, height, width, seed, windowed=_is_builtin(fn)).run(fn, impulses=False)
+    influence, _ = _Probe(parsed, ph_pw, s, height, width, seed, windowed=True).run(fn, impulses=False)
     return influence  # type: ignore[return-value]
 
 
@@ -804,7 +836,7 @@ def misalignment(
     height, width = _check_map_size(height, width)
     parsed = _parse_box(box)
     fn = _strategy_fn(strategy)
-    probe = _Probe(parsed, ph_pw, s, height, width, 0, windowed=_is_builtin(fn))
+    probe = _Probe(parsed, ph_pw, s, height, width, 0, windowed=True)
     _, responses = probe.run(fn, grad=False)
     return _misalignment_from(responses, probe.points, parsed, s)
 
@@ -1097,8 +1129,10 @@ def strategy_metrics(
         ``leak`` is ``-1`` when coverage is not included; ``quant_*`` are ``-1`` when not
         included or for a strategy outside :data:`QUANTIZING` other than ``roi_align``.
 
-    Cost: one forward and one backward per strategy, on a batch holding the random probe, up
-    to 9 impulse maps and the ``C`` real channels (each ``H x W``, one channel).
+    Cost: per strategy, one call with one backward on a batch of the random probe and up to 9
+    impulse maps (one channel each; on a window around the box for roiviz's strategies and
+    those marked :func:`local`, else on the whole map), plus one call on the real input unless
+    ``outputs`` has it.
 
     Examples
     --------
@@ -1121,8 +1155,7 @@ def strategy_metrics(
     include = _check_include(include)
     c_n = input.shape[1]
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    windowed = all(_is_builtin(fn) for _, fn in items)
-    probe = _Probe(parsed, ph_pw, s, height, width, seed, windowed, input.device, dtype)
+    probe = _Probe(parsed, ph_pw, s, height, width, seed, True, input.device, dtype)
     want_cov, want_mis = "coverage" in include, "misalignment" in include
     quant = quantization(parsed, s, height, width, dtype) if "quantization" in include else None
     bounds = _true_crop_bounds(parsed, s, height, width) if "psnr" in include else None

@@ -30,6 +30,7 @@ from roiviz.metrics import (
     box_mask,
     coverage,
     influence_map,
+    local,
     misalignment,
     quantization,
     reconstruction_psnr,
@@ -208,22 +209,26 @@ def test_influence_map_on_a_real_probe() -> None:
     assert bool((g > 0)[2:7, 2:7].all()) and int((g > 0).sum()) == 25
 
 
+LOCAL_VARIANTS = {
+    "align_legacy": local(lambda x, b, size, scale=1.0: roiviz.roi_align(x, b, size, scale, 2, aligned=False)),
+    "align_adaptive": local(lambda x, b, size, scale=1.0: roiviz.roi_align(x, b, size, scale, -1, aligned=True)),
+}
+
+
 # The window the probes run on must not change anything: compare against the full map.
 @settings(max_examples=40, deadline=None)
 @given(
     x1=st.floats(-6, 40), y1=st.floats(-6, 40), w=st.floats(0, 30), h=st.floats(0, 30),
     s=st.sampled_from([1.0, 0.5, 0.25]),
     ph=st.integers(1, 5), pw=st.integers(1, 5),
-    name=st.sampled_from(list(roiviz.STRATEGIES)),
+    name=st.sampled_from([*roiviz.STRATEGIES, "align_legacy", "align_adaptive"]),
 )
 def test_window_is_exact(x1, y1, w, h, s, ph, pw, name) -> None:
     box = (0, x1, y1, x1 + w, y1 + h)
-    fn = roiviz.STRATEGIES[name]
-    win = _Probe(box, (ph, pw), s, 24, 20, 0, windowed=True)
-    full = _Probe(box, (ph, pw), s, 24, 20, 0, windowed=False)
-    assert full.window == (0, 24, 0, 20)
-    g_win, r_win = win.run(fn)
-    g_full, r_full = full.run(fn)
+    fn = LOCAL_VARIANTS.get(name) or roiviz.STRATEGIES[name]
+    probe = _Probe(box, (ph, pw), s, 24, 20, 0, windowed=True)
+    g_win, r_win = probe.run(fn, windowed=True)
+    g_full, r_full = probe.run(fn, windowed=False)
     # Shifting the box by whole cells is exact; ROI Align's sample arithmetic then rounds at
     # other magnitudes, so its values may differ in the last bits, never in their support.
     torch.testing.assert_close(g_win, g_full, rtol=1e-5, atol=1e-6)
@@ -231,6 +236,15 @@ def test_window_is_exact(x1, y1, w, h, s, ph, pw, name) -> None:
     assert (cw.coverage, cw.leak, cw.influenced) == (cf.coverage, cf.leak, cf.influenced) or math.isnan(cw.coverage)
     assert (cw.leak, cw.influenced) == (cf.leak, cf.influenced)
     torch.testing.assert_close(r_win, r_full, rtol=1e-5, atol=1e-6)
+
+
+def test_local_marks_a_strategy() -> None:
+    from roiviz.metrics import _is_local
+
+    assert _is_local(roiviz.resize) and not _is_local(lambda *a: None)
+    assert _is_local(LOCAL_VARIANTS["align_legacy"])
+    with pytest.raises(TypeError, match="callable"):
+        local(3)  # type: ignore[arg-type]
 
 
 def test_window_not_used_for_other_scales() -> None:
