@@ -24,6 +24,23 @@ Seen in continuous coordinates, that crop is ``[round(x1*s), round(x2*s) + 1)``:
 by up to half a cell and the end always reaches past the box, by half a cell up to a cell and a
 half. :func:`quantization` counts and draws exactly that.
 
+The metrics (per strategy, per box)
+-----------------------------------
+=================== ==========================================================================
+coverage            influencing box cells / box cells, where a cell influences the output when
+                    ``|d sum(w * out) / d x|`` is non-zero at a seeded random map ``x`` with
+                    random positive output weights ``w`` (autograd: true for any strategy)
+leak, leak_fraction influencing cells outside the box; that count / the box's area in cells
+quant_lost/_gained  box cells missing from ROI Pool's integer crop / crop cells outside the box
+                    (the strategies that start from that crop; 0 for ``roi_align``)
+aspect_distortion   ``log((region_w / region_h) / (PW / PH))`` of the region the strategy
+                    stretches onto the grid (0 for crop and pad, which do not rescale)
+psnr                ``10 log10(peak^2 / MSE)`` of the output resized (bilinear) onto the box's
+                    true crop, ``peak = max - min`` of that crop; ``inf`` when exact
+misalignment        mean distance, in cells, between impulses at bin centres of the ideal grid
+                    over the box and where the output's response centroid puts them
+=================== ==========================================================================
+
 Examples
 --------
 >>> import torch, roiviz

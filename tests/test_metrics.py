@@ -503,3 +503,19 @@ def dataclasses_frozen_error() -> type[Exception]:
     import dataclasses
 
     return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_strategy_metrics_dtypes(dtype: torch.dtype) -> None:
+    # Geometry does not depend on the dtype; the PSNR does a little. (In float64 the random
+    # probe differs, so the winners of max pooling may too.)
+    x = torch.rand(1, 2, 20, 20)
+    box = (2.3, 3.1, 14.2, 17.9)
+    ref = strategy_metrics(x, box, 3)
+    got = strategy_metrics(x.to(dtype), box, 3)
+    for r, g in zip(ref, got, strict=True):
+        assert (g.quant_lost, g.quant_gained, g.aspect_distortion) == (r.quant_lost, r.quant_gained, r.aspect_distortion)
+        assert g.misalignment == pytest.approx(r.misalignment, abs=1e-6)
+        assert g.psnr == pytest.approx(r.psnr, abs=0.05)
+        if r.strategy not in ("adaptive_max", "roi_pool"):
+            assert (g.coverage, g.leak) == (r.coverage, r.leak)
