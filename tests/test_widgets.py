@@ -203,6 +203,10 @@ def test_explorer_updates_panels_and_status(explorer):
     assert explorer.draw_count == 1 and explorer.blit_count >= 1
 
 
+def test_explorer_repr_is_short_and_stable(explorer):
+    assert repr(explorer) == "Explorer(box=(8, 8, 40, 30), rois=1, stride=1, output_size=4, backend='agg')"
+
+
 def test_explorer_sliders_drive_the_box(explorer):
     explorer.x_slider.value = (4.0, 50.0)
     assert explorer.box == (4.0, 8.0, 50.0, 30.0)
