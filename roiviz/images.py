@@ -58,9 +58,10 @@ def sample_image(name: str = "grace_hopper", size: int = 128) -> np.ndarray:
                                        remainder, if any, continues the pattern); 0 and 1 only
     shapes         ``(size, size, 3)`` a red disc, a green square, a blue triangle and a yellow
                                        ring on a dark grey (0.1) background, with crisp edges
-    thin_lines     ``(size, size)``    one-pixel lines (value 1 on 0): vertical lines with
-                                       widening gaps (top half), horizontal lines (bottom half)
-                                       and a diagonal: what pooling and sampling can miss
+    thin_lines     ``(size, size)``    one-pixel lines (value 1 on 0): vertical lines with gaps
+                                       of 1, 2, 3, ... pixels (top half), horizontal lines every
+                                       4 pixels (bottom left) and a diagonal (bottom right):
+                                       what pooling and sampling can miss
     ============== =================== ==========================================================
 
     Parameters
