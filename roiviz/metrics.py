@@ -836,9 +836,13 @@ def misalignment(
     never reads is lost, which :func:`coverage` counts instead).
 
     The ideal grid is what a head assumes: output cell ``(i, j)`` stands for bin ``(i, j)`` of
-    the box. ROI Align (aligned) has 0 for impulses at bin centres; ROI Pool shows the shift of
-    its rounding; crop and pad, which do not rescale, show how far their cells are from the
-    positions a head expects whenever the box and the output differ in size.
+    the box. ROI Align (aligned) has 0 for impulses at bin centres when its bins are wider than
+    two cells, and a small shift in the edge bins when they are narrower (the response spreads
+    into the neighbouring bin, and the grid has no neighbour beyond its edge); ROI Pool shows
+    the shift of its rounding once bins are small enough for an impulse to land in a shifted or
+    overlapping bin (a shift smaller than that is below what the output grid can resolve); crop
+    and pad, which do not rescale, show how far their cells are from the positions a head
+    expects whenever the box and the output differ in size.
 
     Examples
     --------
