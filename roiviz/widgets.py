@@ -443,23 +443,27 @@ class ExplorerModel(T.HasTraits):
 
     # ---------------------------------------------------------------- text
     def status(self) -> str:
-        """One line: the box, where it lands on the map, what ROI Pool's rounding does, the time."""
+        """One line: the box, then any message or error, the ROI, where the box lands on the map,
+        what ROI Pool's rounding does, and the time the computation took.
+
+        Messages come right after the box so that they stay visible when the line is cut.
+        """
         r = self.results
         x1, y1, x2, y2 = self.box
-        parts = [f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f})",
-                 f"ROI {self.active + 1}/{len(self.boxes)}"]
+        parts = [f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f})"]
+        if self.error:
+            parts.append("error: " + self.error.strip().splitlines()[-1])
+        if self.message:
+            parts.append(self.message)
+        parts.append(f"ROI {self.active + 1}/{len(self.boxes)}")
         if r is not None:
             h, w = self.input.shape[-2:]
             mx1, my1, mx2, my2 = r.map_box
-            parts.append(f"on the {h}x{w} map (stride {round(1 / r.spatial_scale)}): "
+            parts.append(f"stride {round(1 / r.spatial_scale)}, {h}x{w} map: "
                          f"({mx1:.2f}, {my1:.2f}, {mx2:.2f}, {my2:.2f})")
             parts.append(f"ROI Pool rounding: {int(r.quantization.lost)} cells lost, "
                          f"{int(r.quantization.gained)} gained")
-            parts.append(f"{r.elapsed_ms:.0f} ms")
-        if self.message:
-            parts.append(self.message)
-        if self.error:
-            parts.append("error: " + self.error.strip().splitlines()[-1])
+            parts.append(f"computed in {r.elapsed_ms:.0f} ms")
         return " · ".join(parts)
 
 
