@@ -743,11 +743,14 @@ def plot_timings(
 def plot_scaling(
     ax: Axes, results: Sequence[Mapping[str, Any]], x: str = "num_rois", *, y: str = "median_ms",
     by: Sequence[str] = ("op", "impl", "pass"), log: bool = True, title: str | None = None,
+    xlabel: str | None = None,
 ) -> list[Line2D]:
     """Benchmark medians against a size: one line per combination of the ``by`` keys.
 
-    Records without the ``x`` key are ignored, so the results of several sweeps can be passed
-    together and plotted one sweep at a time (``x="num_rois"``, ``x="channels"``, ...).
+    Records without the ``x`` key (or with ``None`` there) are ignored, so the results of
+    several sweeps can be passed together and plotted one sweep at a time (``x="num_rois"``,
+    ``x="channels"``, ...). With :mod:`roiviz.bench` rows, which keep the swept value in ``"x"``
+    and its name in ``"sweep"``, pass one sweep's rows and ``x="x", xlabel="number of ROIs"``.
 
     Examples
     --------
@@ -769,7 +772,7 @@ def plot_scaling(
         pts.sort()
         (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label or None)
         lines.append(line)
-    ax.set_xlabel(x.replace("_", " "))
+    ax.set_xlabel(xlabel if xlabel is not None else x.replace("_", " "))
     ax.set_ylabel(y.replace("_ms", " (ms)").replace("_", " "))
     if log:
         ax.set_xscale("log")

@@ -279,3 +279,11 @@ def test_plot_scaling(ax):
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "num rois"
     with pytest.raises(ValueError, match="channels"):
         viz.plot_scaling(ax, ROWS, x="channels")
+
+
+def test_plot_scaling_bench_rows(ax):
+    rows = [{"op": "roi_pool", "impl": "roiviz", "pass": "fwd", "median_ms": 1.0, "x": None, "sweep": None},
+            *({"op": "roi_pool", "impl": "roiviz", "pass": "fwd", "median_ms": k / 8, "x": k, "sweep": "rois"}
+              for k in (8, 64))]
+    (line,) = viz.plot_scaling(ax, rows, x="x", xlabel="number of ROIs")
+    assert list(line.get_xdata()) == [8.0, 64.0] and ax.get_xlabel() == "number of ROIs"
