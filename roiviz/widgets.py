@@ -417,7 +417,9 @@ class ExplorerModel(T.HasTraits):
         # The box was validated on the way in: skip the per-call value checks of the ops.
         with torch.no_grad(), trusted_boxes():
             outputs = {name: f(x, rois, size, scale) for name, f in fns.items()}
-        metrics = strategy_metrics(x, box, size, scale, strategies=fns, outputs=outputs) if with_metrics else None
+        metrics = None
+        if with_metrics and fns:
+            metrics = strategy_metrics(x, box, size, scale, strategies=fns, outputs=outputs)
         q = quantization(box, scale, h, w)
         # The whole cells kept by ROI Pool and the crop strategies, as (x0, y0, x1, y1).
         y0, x0, ch, cw = q.crop
@@ -946,7 +948,9 @@ class Explorer(W.VBox):
         self.map_ax.set_ylim(cy + side / 2, cy - side / 2)
         # The panels: one colour scale, that of the map (so colours also compare across boxes).
         self.panels.update(r.outputs, channel=None if m.channel < 0 else m.channel, clim=self._clim)
-        if r.metrics is not None:
+        if not m.strategies:
+            self.metrics_html.value = "<p><i>no strategy selected</i></p>"
+        elif r.metrics is not None:
             self._metrics_table = r.metrics._repr_html_()
             self.metrics_html.value = self._metrics_table
         elif "follow" not in self.metrics_html.value:

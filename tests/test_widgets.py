@@ -242,6 +242,15 @@ def test_explorer_controls(explorer):
     assert len(explorer.model.boxes) == 1 and len(explorer.roi_dropdown.options) == 1
 
 
+def test_explorer_without_strategies(explorer):
+    explorer.model.strategies = []
+    assert explorer.model.error == "" and explorer.model.results.outputs == {}
+    assert not any(ax.get_visible() for ax in explorer.panels.axes.values())
+    assert "no strategy selected" in explorer.metrics_html.value
+    explorer.strategy_buttons["pad"].value = True
+    assert list(explorer.model.results.outputs) == ["pad"] and explorer.panels.axes["pad"].get_visible()
+
+
 def test_explorer_errors_are_shown(explorer, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
