@@ -138,8 +138,8 @@ def sample_points(
 @contextlib.contextmanager
 def _single_thread() -> Iterator[None]:
     """Run torch on one thread: the Explorer's tensors are tiny, and on a busy machine a second
-    thread only waits for a core (measured here: 40 ms single-threaded, 1.7 s with 2 threads
-    while other work ran)."""
+    thread only waits for a core. Measured on this 2-core machine while other processes ran:
+    the metrics of one box took 42 ms on one thread and 1.7 s on two."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
