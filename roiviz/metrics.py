@@ -37,8 +37,8 @@ aspect_distortion   ``log((region_w / region_h) / (PW / PH))`` of the region the
                     stretches onto the grid (0 for crop and pad, which do not rescale)
 psnr                ``10 log10(peak^2 / MSE)`` of the output resized (bilinear) onto the box's
                     true crop, ``peak = max - min`` of that crop; ``inf`` when exact
-misalignment        mean distance, in cells, between impulses at bin centres of the ideal grid
-                    over the box and where the output's response centroid puts them
+misalignment        mean distance, in cells, between point features at bin centres of the ideal
+                    grid over the box and where the output's response centroid puts them
 =================== ==========================================================================
 
 Examples
@@ -427,30 +427,67 @@ def _resolve(strategies: object) -> list[tuple[str, Callable[..., Tensor]]]:
     return items
 
 
+def _feature_bins(n: int) -> list[int]:
+    """The bins of one axis that get a point feature: interior ones when there are any."""
+    return sorted({1, n // 2, n - 2}) if n >= 3 else list(range(n))
+
+
 def _impulse_points(
     box: tuple[int, float, float, float, float], s: float, ph: int, pw: int, height: int, width: int
 ) -> list[tuple[float, float]]:
-    """Bin centres ``(y, x)`` of the first, middle and last bins per axis, on the map only.
+    """Bin centres ``(y, x)`` of the bins of :func:`_feature_bins` on each axis, on the map only.
 
     Points off the map (outside ``[0, H] x [0, W]``) are skipped; the others are clamped into
-    ``[0.5, H - 0.5] x [0.5, W - 0.5]`` so that their bilinear splat stays on the map.
+    ``[0.5, H - 0.5] x [0.5, W - 0.5]``, the centres of the edge cells.
     """
     _, x1, y1, x2, y2 = box
     bh, bw = (y2 - y1) * s, (x2 - x1) * s
-    ys = [y1 * s + (i + 0.5) * bh / ph for i in sorted({0, ph // 2, ph - 1})]
-    xs = [x1 * s + (j + 0.5) * bw / pw for j in sorted({0, pw // 2, pw - 1})]
+    ys = [y1 * s + (i + 0.5) * bh / ph for i in _feature_bins(ph)]
+    xs = [x1 * s + (j + 0.5) * bw / pw for j in _feature_bins(pw)]
     ys = [min(max(y, 0.5), height - 0.5) for y in ys if 0.0 <= y <= height]
     xs = [min(max(x, 0.5), width - 0.5) for x in xs if 0.0 <= x <= width]
     return [(y, x) for y in ys for x in xs]
 
 
-def _splat_weights(p: float, n: int) -> tuple[int, float, int, float]:
-    """Bilinear splat of a point at continuous coordinate ``p`` onto cells centred at ``i + 0.5``."""
+def _feature_kernel(bin_size: float, bins: int) -> np.ndarray:
+    """The symmetric kernel that widens a feature on one axis (sums to 1, odd length).
+
+    With 3 or more bins (features on interior bins), a tent of half-width ``R = max(1,
+    round(bin_size))`` cells, ``R - |d|`` for ``|d| < R``: the feature reaches into both
+    neighbouring bins, so where the output puts it varies smoothly with sub-bin shifts. With
+    1 or 2 bins (features on edge bins, whose outer neighbour does not exist), a box of ``k``
+    cells, ``k`` the largest odd integer ``<= bin_size - 1`` (at least 1), which keeps the
+    feature within its bin.
+    """
+    if bins >= 3:
+        r = max(1, round(bin_size))
+        kernel = r - np.abs(np.arange(-(r - 1), r)).astype(np.float64)
+    else:
+        kernel = np.ones(max(1, 2 * math.floor(bin_size / 2) - 1))
+    return kernel / kernel.sum()
+
+
+def _feature_profile(p: float, n: int, kernel: np.ndarray) -> tuple[np.ndarray, float]:
+    """One axis of a point feature at continuous ``p`` on ``n`` cells centred at ``i + 0.5``.
+
+    A unit mass split bilinearly between the two cells around ``p`` (its centroid is exactly
+    ``p``), convolved with the symmetric ``kernel`` (which keeps the centroid); the part off the
+    map is cut. Returns the profile ``[n]`` and its centroid (``p`` unless cut).
+    """
     u = p - 0.5
-    i0 = min(max(math.floor(u), 0), n - 1)
-    f = min(max(u - i0, 0.0), 1.0)
-    i1 = min(i0 + 1, n - 1)
-    return i0, 1.0 - f, i1, f
+    i0 = math.floor(u)
+    f = u - i0
+    half = len(kernel) // 2
+    pad = half + 2
+    prof = np.zeros(n + 2 * pad)  # index i + pad is cell i
+    for i, w in ((i0, 1.0 - f), (i0 + 1, f)):
+        if w > 0.0:
+            lo = i - half + pad
+            prof[lo : lo + len(kernel)] += w * kernel
+    prof = prof[pad : pad + n]
+    total = prof.sum()
+    centre = float((prof * (np.arange(n) + 0.5)).sum() / total) if total > 0 else p
+    return prof, centre
 
 
 @functools.lru_cache(maxsize=16)
@@ -495,6 +532,11 @@ class _Probe:
         self.output_size, self.s, self.seed = output_size, s, seed
         self.height, self.width = height, width
         self.points = _impulse_points(box, s, ph, pw, height, width)
+        _, x1, y1, x2, y2 = box
+        ky, kx = _feature_kernel((y2 - y1) * s / ph, ph), _feature_kernel((x2 - x1) * s / pw, pw)
+        self.profiles = [(_feature_profile(y, height, ky), _feature_profile(x, width, kx)) for y, x in self.points]
+        #: Where each feature really is: the centroid of what lies on the map.
+        self.centres = [(py[1], px[1]) for py, px in self.profiles]
         self.full = (0, height, 0, width)
         self.full_coords = torch.tensor(box[1:], dtype=self.dtype).to(self.device)
         # The window, if the scale allows an exact shift; runs on it only when asked to.
@@ -514,20 +556,15 @@ class _Probe:
         self._impulse_maps: dict[tuple[int, int, int, int], Tensor] = {}
 
     def impulses(self, window: tuple[int, int, int, int]) -> Tensor:
-        """``[M, 1, h, w]``: impulse ``k`` splatted bilinearly around ``points[k]`` (built once per window)."""
+        """``[M, 1, h, w]``: the point feature ``k`` around ``points[k]`` (built once per window)."""
         if window not in self._impulse_maps:
             wy0, wy1, wx0, wx1 = window
             m = len(self.points)
-            maps = torch.zeros(m, (wy1 - wy0) * (wx1 - wx0), dtype=torch.float64)
-            idx, val = [], []
-            for y, x in self.points:
-                r0, wr0, r1, wr1 = _splat_weights(y, self.height)
-                c0, wc0, c1, wc1 = _splat_weights(x, self.width)
-                idx.append([(r - wy0) * (wx1 - wx0) + (c - wx0) for r in (r0, r1) for c in (c0, c1)])
-                val.append([wr * wc for wr in (wr0, wr1) for wc in (wc0, wc1)])
-            if m:  # coinciding taps (at the map's last cell) add up
-                maps.scatter_add_(1, torch.tensor(idx), torch.tensor(val, dtype=torch.float64))
-            self._impulse_maps[window] = maps.to(self.dtype).view(m, 1, wy1 - wy0, wx1 - wx0).to(self.device)
+            maps = np.zeros((m, wy1 - wy0, wx1 - wx0))
+            for k, ((py, _), (px, _)) in enumerate(self.profiles):
+                maps[k] = np.outer(py[wy0:wy1], px[wx0:wx1])
+            maps = torch.from_numpy(maps)
+            self._impulse_maps[window] = maps.to(self.dtype)[:, None].to(self.device)
         return self._impulse_maps[window]
 
     def run(
@@ -825,24 +862,28 @@ def misalignment(
 ) -> Misalignment:
     """How far, in input cells, a point feature moves between the box and the output.
 
-    Impulses are placed at the centres of the first, middle and last bins of the ideal
-    ``PH x PW`` grid over the box, ``p = (y1*s + (i + 0.5) * bh / PH, x1*s + (j + 0.5) * bw / PW)``
-    (up to 9; skipped when off the map, clamped half a cell inside it), one per map, each a unit
-    mass splatted bilinearly onto the four cells around ``p`` (so its centroid is exactly ``p``).
+    Point features are placed at bin centres of the ideal ``PH x PW`` grid over the box,
+    ``p = (y1*s + (i + 0.5) * bh / PH, x1*s + (j + 0.5) * bw / PW)``, for rows ``i`` in
+    ``{1, PH // 2, PH - 2}`` (interior bins) when ``PH >= 3``, else every row, and likewise
+    columns: up to 9, one per map, skipped when off the map and clamped into its edge cells.
+    Each is a unit mass split bilinearly between the cells around ``p`` (centroid exactly
+    ``p``), widened on each axis by a symmetric kernel that keeps the centroid: a tent about
+    two bins wide with 3 or more bins, so that sub-bin shifts move the response smoothly and a
+    sparse sampler such as ROI Align cannot step over it; with 1 or 2 bins, whose edge bins
+    have no outer neighbour to spill into, a box filter that keeps it within its bin (see
+    ``_feature_kernel``). Where the map cuts a feature, the centroid of what is left is used.
+
     For each, the strategy's output ``r`` gives the response centroid ``(ci, cj) = sum(|r| *
     (i, j)) / sum(|r|)`` in output cells, mapped back into the box by the same ideal grid:
     ``found = (y1*s + (ci + 0.5) * bh / PH, x1*s + (cj + 0.5) * bw / PW)``. The metric is the
-    mean of ``|found - p|`` over the impulses that gave any response (an impulse the strategy
-    never reads is lost, which :func:`coverage` counts instead).
+    mean of ``|found - p|`` over the features that gave any response (one the strategy never
+    reads is lost, which :func:`coverage` counts instead); ``nan`` when none did.
 
     The ideal grid is what a head assumes: output cell ``(i, j)`` stands for bin ``(i, j)`` of
-    the box. ROI Align (aligned) has 0 for impulses at bin centres when its bins are wider than
-    two cells, and a small shift in the edge bins when they are narrower (the response spreads
-    into the neighbouring bin, and the grid has no neighbour beyond its edge); ROI Pool shows
-    the shift of its rounding once bins are small enough for an impulse to land in a shifted or
-    overlapping bin (a shift smaller than that is below what the output grid can resolve); crop
-    and pad, which do not rescale, show how far their cells are from the positions a head
-    expects whenever the box and the output differ in size.
+    the box. ROI Align (aligned) is at or near 0; ROI Pool and RoIWarp (``resize``) show the
+    shift of their rounding and of the extra row and column of their integer crop; crop and
+    pad, which do not rescale, show how far their cells are from the positions a head expects
+    whenever the box and the output differ in size.
 
     Examples
     --------
@@ -859,7 +900,7 @@ def misalignment(
     fn = _strategy_fn(strategy)
     probe = _Probe(parsed, ph_pw, s, height, width, 0, windowed=True)
     _, responses = probe.run(fn, grad=False)
-    return _misalignment_from(responses, probe.points, parsed, s)
+    return _misalignment_from(responses, probe.centres, parsed, s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1163,7 +1204,7 @@ def strategy_metrics(
     >>> print(t)
     strategy   coverage  leak  leak/area  q_lost  q_gained  aspect  PSNR_dB  misalign
     crop         100.0%     0       0.0%       0        15  +0.000      inf      0.00
-    roi_align    100.0%    15      30.6%       0         0  +0.000     17.6      0.14
+    roi_align    100.0%    15      30.6%       0         0  +0.000     17.6      0.00
     """
     input = check_input(input)
     n, _c, height, width = input.shape
@@ -1208,7 +1249,7 @@ def strategy_metrics(
     cov, leak, leak_fraction = nan, [-1] * n_s, nan
     if want_cov:
         cov, leak, leak_fraction = _coverage_many(torch.stack(influences), inside, _clipped_area(parsed, s, height, width))  # type: ignore[arg-type]
-    mis = _misalignment_means(torch.stack(responses), probe.points, parsed, s) if want_mis else nan
+    mis = _misalignment_means(torch.stack(responses), probe.centres, parsed, s) if want_mis else nan
     psnr = nan
     if bounds is not None:
         r0, r1, c0, c1 = bounds
