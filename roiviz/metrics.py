@@ -241,9 +241,14 @@ def quantization(
     map, where *box* is the cell-centre set (:func:`box_cells`) and *crop* the integer crop
     ``round(x1*s) .. round(x2*s)`` inclusive that ROI Pool, crop, pad, adaptive pooling and
     resize start from, computed in ``dtype`` as those strategies do for input of that dtype.
-    In continuous coordinates that crop ends at ``round(x2*s) + 1``, so it always gains the
-    column (row) after the box unless the map ends there, and its start gains or loses a column
-    when ``x1*s`` is not on a cell edge.
+    In continuous coordinates that crop is ``[round(x1*s), round(x2*s) + 1)``. Rounding the
+    start to the nearest cell edge is the cell-centre rule itself, except when ``x1*s`` is
+    exactly ``k + 0.5``: the centre of cell ``k`` then lies on the box's edge (inside) and
+    rounding away from zero drops it. The inclusive end always adds the column (row) after the
+    box, unless the map ends there. So in cells ROI Pool's quantization is mostly "one more row
+    and column"; how far each edge moved shows in the exact areas ``lost_area`` and
+    ``gained_area`` (the start edge by up to half a cell either way, the end by half a cell to
+    a cell and a half outwards).
 
     Examples
     --------
