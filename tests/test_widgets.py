@@ -24,6 +24,12 @@ def photo() -> np.ndarray:
     return sample_image("grace_hopper", 64)
 
 
+@pytest.fixture(scope="module")
+def photo_64(photo) -> ExplorerModel:
+    """A model only used for its box validation (hypothesis needs a module-scoped fixture)."""
+    return ExplorerModel(photo, strategies=["crop"], output_size=2)
+
+
 @pytest.fixture
 def model(photo) -> ExplorerModel:
     return ExplorerModel(photo, boxes=[(8.0, 8.0, 40.0, 30.0)], output_size=4)
@@ -99,6 +105,16 @@ def test_model_validates_boxes(model, proposed, expected, message):
     assert message in model.message
     if not message:
         assert model.message == ""
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4))
+def test_any_finite_box_becomes_a_valid_box(photo_64, values):
+    """Whatever a drag proposes, the model keeps a box of positive size inside the image."""
+    box = photo_64._validate_box(values)
+    x1, y1, x2, y2 = box
+    assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+    assert photo_64._validate_box(box) == box  # a valid box is kept as it is
 
 
 @pytest.mark.parametrize("bad", [(0, 0, float("nan"), 4), (0, 0, 4), ("a", 0, 1, 1)])
