@@ -548,3 +548,18 @@ def test_strategy_metrics_dtypes(dtype: torch.dtype) -> None:
         assert g.psnr == pytest.approx(r.psnr, abs=0.05)
         if r.strategy not in ("adaptive_max", "roi_pool"):
             assert (g.coverage, g.leak) == (r.coverage, r.leak)
+
+
+@settings(max_examples=80, deadline=None)
+@given(x1=st.floats(2, 20), y1=st.floats(2, 20), w=st.floats(0, 15), h=st.floats(0, 15))
+def test_quantization_is_one_more_row_and_column(x1: float, y1: float, w: float, h: float) -> None:
+    # Away from the map's edges and from half-cell edges, ROI Pool's crop is the box's cells
+    # plus the row and the column after them (see quantization's docstring). Near a half,
+    # float32 rounding of the coordinate (as the strategies compute it) can tip either way.
+    box = (x1, y1, x1 + w, y1 + h)
+    assume(all(abs(v % 1 - 0.5) > 1e-5 for v in box))
+    r0, r1, c0, c1 = box_cells(box, 1.0, 64, 64)
+    q = quantization(box, 1.0, 64, 64)
+    assert q.lost == 0
+    assert q.crop == (r0, c0, r1 - r0 + 1, c1 - c0 + 1)
+    assert q.gained == (r1 - r0 + 1) * (c1 - c0 + 1) - (r1 - r0) * (c1 - c0)
