@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["METRIC_LABELS", "format_table", "load_results", "plot_results", "save_results"]
+__all__ = [
+    "METRIC_LABELS",
+    "alignment_gaps",
+    "format_table",
+    "load_results",
+    "plot_results",
+    "save_results",
+]
 
 #: Metric keys (as in the JSON, without ``_mean``/``_std``) and their display names.
 METRIC_LABELS: dict[str, str] = {
@@ -32,6 +39,38 @@ def _check_results(results: dict) -> None:
 def _check_metric(metric: str) -> None:
     if metric not in METRIC_LABELS:
         raise ValueError(f"metric must be one of {list(METRIC_LABELS)}, got {metric!r}")
+
+
+def alignment_gaps(results: dict, metric: str = "mask_iou") -> dict[str, dict[str, float | bool]]:
+    """Mask R-CNN's comparison per stride: RoIAlign vs RoIWarp (``resize``) vs RoIPool.
+
+    Returns, per stride key, ``align_minus_pool``, ``align_minus_resize``, ``resize_minus_pool``
+    (differences of the mean ``metric``) and ``ordered`` (``roi_align >= resize >= roi_pool``).
+    Strides missing one of the three strategies are skipped.
+
+    Examples
+    --------
+    >>> r = {"results": {"stride_16": {"roi_pool": {"mask_iou_mean": 0.70}, "resize": {"mask_iou_mean": 0.72},
+    ...                                "roi_align": {"mask_iou_mean": 0.80}}}}
+    >>> g = alignment_gaps(r)["stride_16"]
+    >>> round(g["align_minus_pool"], 3), g["ordered"]
+    (0.1, True)
+    """
+    _check_results(results)
+    _check_metric(metric)
+    out: dict[str, dict[str, float | bool]] = {}
+    for key, by_strategy in results["results"].items():
+        try:
+            align, warp, pool = (by_strategy[n][f"{metric}_mean"] for n in ("roi_align", "resize", "roi_pool"))
+        except KeyError:
+            continue
+        out[key] = {
+            "align_minus_pool": align - pool,
+            "align_minus_resize": align - warp,
+            "resize_minus_pool": warp - pool,
+            "ordered": align >= warp >= pool,
+        }
+    return out
 
 
 def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "ap50", "class_acc")) -> str:
@@ -66,6 +105,14 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
             cells = "".join(f"{s[m + '_mean']:.3f} ± {s[m + '_std']:.3f}".ljust(17) for m in metrics)
             gain = f"{s['mask_iou_mean'] - base:+.3f}" if base is not None and "mask_iou_mean" in s else "-"
             lines.append(name.ljust(width) + cells + gain.rjust(11))
+    gaps = alignment_gaps(results)
+    if gaps:
+        lines.append("")
+    for key, g in gaps.items():
+        lines.append(f"{key.replace('_', ' ')}: mask IoU roi_align - roi_pool {g['align_minus_pool']:+.3f}, "
+                     f"roi_align - resize {g['align_minus_resize']:+.3f}, resize - roi_pool "
+                     f"{g['resize_minus_pool']:+.3f}; roi_align >= resize >= roi_pool: "
+                     f"{'yes' if g['ordered'] else 'no'}")
     if "full_box_mask_iou" in results:
         lines += ["", f"(a head predicting the whole proposal would score mask IoU "
                       f"{results['full_box_mask_iou']:.3f})"]
@@ -111,6 +158,9 @@ def plot_results(results: dict, ax: Axes | None = None, metric: str = "mask_iou"
         ax.bar(xs, means, width * 0.95, yerr=stds, capsize=3, label=key.replace("_", " "))
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=20)
+    if metric == "mask_iou" and "full_box_mask_iou" in results:
+        ax.axhline(results["full_box_mask_iou"], color="0.3", ls="--", lw=1,
+                   label="whole proposal (floor)")
     ax.set_ylabel(METRIC_LABELS[metric])
     top = max(g[n][f"{metric}_mean"] + g[n][f"{metric}_std"] for g in groups.values() for n in names)
     ax.set_ylim(0.0, min(1.05, top * 1.1 + 0.01))  # bars start at zero: no exaggerated gaps
