@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
+from ._align_cpu import roi_align_cpu
 from ._common import channels_last, prepare
 
 __all__ = ["RoIAlign", "roi_align"]
@@ -73,6 +74,19 @@ def roi_align(
     input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     aligned = check_aligned(aligned)
+    if input.device.type == "cpu":
+        return roi_align_cpu(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+    return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+
+
+def _roi_align_gather(
+    input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """The portable path: gathers the 4 taps of every sample, in torchvision's float order.
+
+    With ``sampling_ratio > 0`` it reads nothing on the host (no synchronisation on a GPU);
+    autograd differentiates the gathers.
+    """
     _, c_n, height, width = input.shape
     k_n = rois.shape[0]
     dtype = rois.dtype  # the compute dtype
