@@ -436,7 +436,7 @@ with torch.no_grad():
     out = fn(x, boxes, wl.output_size, wl.spatial_scale)
 after = bench._peak_rss_kib()
 print(json.dumps({"before_kib": before, "after_kib": after, "method": method,
-                  "output_bytes": out.numel() * out.element_size()}))
+                  "output_bytes": out.numel() * out.element_size(), "roiviz_git": bench._git_revision()}))
 """
 
 
@@ -510,6 +510,7 @@ def measure_peak_memory(workload: str = "W1", op: str = "roi_align sr=2", impl: 
         "workload": workload, "op": op, "impl": impl, "pass": "fwd",
         "peak_extra_mib": (res["after_kib"] - res["before_kib"]) / 1024,
         "output_mib": res["output_bytes"] / 2**20, "method": res["method"],
+        "roiviz_git": res["roiviz_git"],  # the child imports the checkout as it is *now*
     }
 
 
@@ -573,7 +574,10 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def _env_line(env: dict[str, Any]) -> str:
     return (f"torch {env['torch']}, torchvision {env['torchvision'] or 'not installed'}, device {env['device']}"
             f"{' (' + env['device_name'] + ')' if env.get('device_name') else ''}, threads {env['threads']}, "
-            f"{env['cpu_count']} CPUs ({env['cpu_model']}), load {env['load_avg_1m']:.2f}, {env['date_utc']}")
+            f"{env['cpu_count']} CPUs ({env['cpu_model']}), load {env['load_avg_1m']:.2f}"
+            f"{' -> ' + format(env['load_avg_1m_end'], '.2f') if 'load_avg_1m_end' in env else ''}, "
+            f"{env['date_utc']}{' -> ' + env['finished_utc'] if 'finished_utc' in env else ''}, "
+            f"roiviz {env.get('roiviz_git') or env['roiviz']}")
 
 
 def environment(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -613,6 +617,12 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         "cpu_model": cpu_model, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _finish(env: dict[str, Any]) -> None:
+    """Add when the run ended and the load then (others sharing the CPU show up here)."""
+    env["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    env["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
 
 
 def _git_revision() -> str | None:
@@ -683,6 +693,7 @@ def run_benchmark(
         (1 if quick else None) if threads is None else threads)
     if memory is None:
         memory = not quick and dev.type == "cpu" and any(w.name == "W1" for w in wls)
+    env = environment(dev, threads)  # before timing: the revision imported is the one timed
 
     entries: list[_Entry] = []
     for wl in wls:
@@ -717,7 +728,8 @@ def run_benchmark(
 
     settings = {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time, "seed": seed, "trusted": trusted,
                 "workloads": {w.name: _wl_dict(w.quick() if quick else w) for w in wls}}
-    return BenchResult(rows, summary, environment(dev, threads), mem_rows, settings)
+    _finish(env)
+    return BenchResult(rows, summary, env, mem_rows, settings)
 
 
 def _wl_dict(w: Workload) -> dict[str, Any]:
@@ -762,6 +774,7 @@ def run_scaling(
         (1 if quick else None) if threads is None else threads)
     if quick:
         base_wl = replace(base_wl, channels=min(base_wl.channels, 8))
+    env = environment(dev, threads)
 
     entries: list[_Entry] = []
     for sweep in names:
@@ -793,7 +806,8 @@ def run_scaling(
         r["K"] = int(e.x) if e.sweep == "rois" else base_wl.n_rois
     settings = {"quick": quick, "rounds": rounds, "min_run_time_s": min_run_time, "seed": seed, "base": base,
                 "sweeps": {s: table[s] for s in names}}
-    return BenchResult(rows, {}, environment(dev, threads), [], settings)
+    _finish(env)
+    return BenchResult(rows, {}, env, [], settings)
 
 
 # --------------------------------------------------------------------------------------------
