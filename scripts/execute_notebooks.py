@@ -50,6 +50,7 @@ def execute(path: Path, timeout: int = 300, write: bool = True) -> float:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)  # a clean run: no widget state left from an earlier session
     # The kernelspec "python3" resolves to this interpreter (jupyter_client swaps a bare
     # "python" in the kernel's argv for sys.executable), so the project venv runs the cells.
     client = NotebookClient(
@@ -59,6 +60,7 @@ def execute(path: Path, timeout: int = 300, write: bool = True) -> float:
         resources={"metadata": {"path": str(path.parent)}},
         record_timing=False,  # no wall-clock timestamps in the stored metadata
         coalesce_streams=True,  # one stdout output per cell, however the kernel chunked it
+        store_widget_state=False,  # random model ids and live values: noise in every diff
     )
     start = time.perf_counter()
     client.execute()

@@ -187,7 +187,19 @@ def _run_all(pg) -> None:
     """Clear every output, then Run All, retrying once when a fresh server ignores the first try."""
     n = _n_code_cells()
     pg.wait_for_timeout(1000)
-    _command(pg, "editmenu:clear-all", "Edit")
+    for attempt in range(2):  # the stored prompts [1]..[n] must go, or "ran" would prove nothing
+        _command(pg, "editmenu:clear-all", "Edit")
+        try:
+            pg.wait_for_function(
+                "() => ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+                ".some(e => /\\[\\d+\\]/.test(e.textContent))",
+                timeout=5000,
+            )
+            break
+        except Exception:
+            if attempt == 1:
+                raise
+            pg.wait_for_timeout(1000)
     for attempt in range(2):
         _command(pg, "runmenu:run-all", "Run")
         try:
