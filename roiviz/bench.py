@@ -544,15 +544,17 @@ class BenchResult:
         index: dict[tuple, dict[str, dict]] = {}
         for r in self.rows:
             index.setdefault((r["workload"], r["op"], r["pass"], r["sweep"], r["x"]), {})[r["impl"]] = r
-        head = f"{'workload':<8} {'op':<16} {'pass':<8} {'x':>6} {'roiviz ms':>11} {'tv ms':>11} {'ratio':>7} {'target':>7}"
+        xw = 16 if any(r["x"] is not None for r in self.rows) else 1
+        head = (f"{'workload':<8} {'op':<16} {'pass':<8} {'' if xw == 1 else 'sweep=x':>{xw}} {'roiviz ms':>11} "
+                f"{'tv ms':>11} {'ratio':>7} {'target':>7}")
         lines += [head, "-" * len(head)]
-        for (wl, op, pass_, _sweep, x), impls in index.items():
+        for (wl, op, pass_, sweep, x), impls in index.items():
             key = f"{wl} {op} {pass_}"
             rv, tv = impls.get("roiviz"), impls.get("torchvision")
             ratio = rv["median_ms"] / tv["median_ms"] if rv and tv else None
             target = TARGETS.get(key) if x is None else None
             lines.append(
-                f"{wl:<8} {op:<16} {pass_:<8} {'' if x is None else x:>6} "
+                f"{wl:<8} {op:<16} {pass_:<8} {'' if x is None else f'{sweep}={x}':>{xw}} "
                 f"{_fmt(rv and rv['median_ms']):>11} {_fmt(tv and tv['median_ms']):>11} "
                 f"{_fmt(ratio, 3):>7} {'' if target is None else f'≤{target:g}':>7}"
             )
