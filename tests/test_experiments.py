@@ -160,6 +160,9 @@ def test_tiny_run_trains_and_writes_json(tmp_path):
         (seed,) = s["per_seed"]
         assert seed["loss_last"] < seed["loss_first"], name  # the head learns
     assert loaded["config"]["strides"] == [8]
+    assert 0.0 <= loaded["full_box_mask_iou"] <= 1.0
+    quality = loaded["backbone"]["stride_8"]
+    assert 0.0 <= quality["seg_fg_iou_mean"] <= 1.0 and 0.0 <= quality["seg_class_acc_mean"] <= 1.0
     assert results["results"].keys() == loaded["results"].keys()
 
 

@@ -116,6 +116,10 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
     if "full_box_mask_iou" in results:
         lines += ["", f"(a head predicting the whole proposal would score mask IoU "
                       f"{results['full_box_mask_iou']:.3f})"]
+    for key, q in results.get("backbone", {}).items():
+        lines.append(f"(frozen backbone, {key.replace('_', ' ')}: its own per-pixel segmentation of "
+                     f"the test images has foreground IoU {q['seg_fg_iou_mean']:.3f} ± "
+                     f"{q['seg_fg_iou_std']:.3f}, class accuracy {q['seg_class_acc_mean']:.3f})")
     return "\n".join(lines)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "pool",
     "pretrain_backbone",
     "run_experiment",
+    "segmentation_quality",
     "train_and_score",
 ]
 
@@ -167,12 +168,14 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk:
     return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def pretrain_backbone(images: ShapeSet, stride: int, seed: int, config: ExperimentConfig) -> Backbone:
+def pretrain_backbone(images: ShapeSet, stride: int, seed: int,
+                      config: ExperimentConfig) -> tuple[Backbone, SegmentationDecoder]:
     """Train a backbone on per-pixel class segmentation, then freeze it (``eval``, no grad).
 
-    The linear pixel-shuffle decoder makes every feature cell describe its ``stride x stride``
-    patch at pixel precision, so sub-cell positions are in the features for a pooling op to
-    keep or lose. No proposal is involved: the backbone favours no strategy.
+    The per-cell pixel-shuffle decoder makes every feature cell describe its ``stride x
+    stride`` patch at pixel precision, so sub-cell positions are in the features for a pooling
+    op to keep or lose. No proposal is involved: the backbone favours no strategy.
+    Returns the frozen backbone and its (frozen) decoder, for :func:`segmentation_quality`.
     """
     torch.manual_seed(seed)
     net = Backbone(stride, config.channels)
@@ -195,7 +198,24 @@ def pretrain_backbone(images: ShapeSet, stride: int, seed: int, config: Experime
             opt.step()
             sched.step()
     net.eval().requires_grad_(False)
-    return net
+    decoder.eval().requires_grad_(False)
+    return net, decoder
+
+
+def segmentation_quality(backbone: Backbone, decoder: SegmentationDecoder, test: ShapeSet) -> dict[str, float]:
+    """How much the frozen features know at pixel level, on held-out images.
+
+    ``seg_fg_iou``: IoU of predicted vs true foreground pixels; ``seg_class_acc``: class
+    accuracy on the true foreground pixels. This is an upper bound of sorts on what any ROI
+    strategy can pass on to a head: a strategy can lose sub-cell detail, never add it.
+    """
+    with torch.no_grad():
+        pred = _batched(lambda x: decoder(backbone(x)).argmax(1), test.images, 64)  # [N, S, S]
+    fg, pred_fg = test.segmentation > 0, pred > 0
+    return {
+        "seg_fg_iou": float((fg & pred_fg).sum() / (fg | pred_fg).sum().clamp(min=1)),
+        "seg_class_acc": float((pred[fg] == test.segmentation[fg]).float().mean()),
+    }
 
 
 def pool(strategy: Strategy, features: torch.Tensor, rois: torch.Tensor, output_size: int,
@@ -290,9 +310,9 @@ def train_and_score(name: str, strategy: Strategy, stride: int, seed: int, train
     return scores
 
 
-def _summary(per_seed: list[dict[str, float]]) -> dict:
+def _summary(per_seed: list[dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict:
     out: dict = {}
-    for m in METRICS:
+    for m in metrics:
         values = torch.tensor([r[m] for r in per_seed], dtype=torch.float64)
         out[f"{m}_mean"] = float(values.mean())
         # Sample standard deviation across seeds; 0 with a single seed.
@@ -323,7 +343,8 @@ def run_experiment(config: ExperimentConfig, strategies: Mapping[str, Strategy] 
     -------
     dict
         ``{"config": ..., "strategies": [...], "seconds": ..., "full_box_mask_iou": ...
-        (the mask IoU of predicting the whole proposal: the floor), "results": {"stride_16":
+        (the mask IoU of predicting the whole proposal: the floor), "backbone": {"stride_16":
+        {"seg_fg_iou_mean", ...}} (what the frozen features know), "results": {"stride_16":
         {"roi_align": {"mask_iou_mean": ..., "mask_iou_std": ..., "ap_mean": ..., ...,
         "per_seed": [...]}, ...}, ...}}``.
     """
@@ -336,6 +357,7 @@ def run_experiment(config: ExperimentConfig, strategies: Mapping[str, Strategy] 
     start = time.perf_counter()
     per_seed: dict[int, dict[str, list]] = {s: {n: [] for n in strategies} for s in config.strides}
     baseline: list[float] = []
+    quality: dict[int, list[dict[str, float]]] = {s: [] for s in config.strides}
     total = len(config.strides) * len(config.seeds) * len(strategies)
     with _cpu_settings(threads), tqdm(total=total, disable=not progress, desc="experiment",
                                      unit="head") as bar:
@@ -350,7 +372,8 @@ def run_experiment(config: ExperimentConfig, strategies: Mapping[str, Strategy] 
             baseline.append(float(mask_iou(torch.ones_like(gt_masks), gt_masks).mean()))
             for stride in config.strides:
                 bar.set_description(f"stride {stride} seed {seed}: backbone")
-                backbone = pretrain_backbone(pre, stride, seed, config)
+                backbone, decoder = pretrain_backbone(pre, stride, seed, config)
+                quality[stride].append(segmentation_quality(backbone, decoder, test))
                 with torch.no_grad():
                     f_train = _batched(backbone, train.images, 64)
                     f_test = _batched(backbone, test.images, 64)
@@ -367,6 +390,8 @@ def run_experiment(config: ExperimentConfig, strategies: Mapping[str, Strategy] 
         "threads": threads,
         "seconds": time.perf_counter() - start,
         "full_box_mask_iou": sum(baseline) / len(baseline),
+        "backbone": {f"stride_{s}": _summary(quality[s], ("seg_fg_iou", "seg_class_acc"))
+                     for s in config.strides},
         "results": {
             f"stride_{s}": {n: _summary(per_seed[s][n]) for n in strategies} for s in config.strides
         },
