@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import channels_last
+from ._common import channels_last, empty
 
 #: Bytes of window + result per chunk of ROIs: small enough to stay in a core's L2 cache.
 CHUNK_BYTES = 1 << 21
@@ -211,7 +211,7 @@ class _RoIAlignCPU(torch.autograd.Function):
         k_n = rois.shape[0]
         ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
         x = channels_last(input).view(-1, c_n)  # [N*H*W, C]
-        out = x.new_empty(k_n, c_n, ph_n, pw_n)
+        out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
         ctx.plan = plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:
             return out.to(input.dtype)

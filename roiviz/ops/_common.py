@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 
 from .._checks import check_input, check_output_size, check_spatial_scale
@@ -33,3 +36,48 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
     """
     x = input.to(compute_dtype(input.dtype))
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+#: Allocations at least this large are advised into transparent huge pages (see :func:`empty`).
+HUGE_PAGE_BYTES = 1 << 22
+_HUGE = 1 << 21
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise():  # pragma: no cover - platform dependent
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _load_madvise()
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty``, but a large CPU tensor asks Linux for 2 MiB pages first.
+
+    Writing fresh memory costs one page fault per 4 KiB page: for a 50 MB ROI output that is
+    12,000 faults, more time than the arithmetic. ``madvise(MADV_HUGEPAGE)`` (what PyTorch's
+    own ``THP_MEM_ALLOC_ENABLE=1`` does for every allocation) makes it one fault per 2 MiB.
+    Elsewhere, or if the call fails, this is plain ``torch.empty``.
+
+    Examples
+    --------
+    >>> empty((2, 3), torch.float32, torch.device("cpu")).shape
+    torch.Size([2, 3])
+    """
+    t = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = t.numel() * t.element_size()
+    if _madvise is not None and t.device.type == "cpu" and nbytes >= HUGE_PAGE_BYTES:
+        start = (t.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)  # the whole 2 MiB pages inside t
+        end = (t.data_ptr() + nbytes) & ~(_HUGE - 1)
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return t

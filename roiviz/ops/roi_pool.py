@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..boxes import BoxesLike, round_half_away
-from ._common import channels_last, prepare
+from ..boxes import BoxesLike, compute_dtype, round_half_away
+from ._common import empty, prepare
 
 __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
 
@@ -92,62 +92,148 @@ def roi_pool_bin_edges(
     return hstart.clamp(0, height), hend.clamp(0, height), wstart.clamp(0, width), wend.clamp(0, width)
 
 
-def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """Output ``[K, PH, PW, C]`` (compute dtype) and argmax ``[K, PH, PW, C]`` (flat ``h * W + w``, -1 if empty)."""
-    _, c_n, height, width = input.shape
+#: Bytes of gathered cells + running max per chunk of ROIs: small enough to stay in the L2 cache.
+CHUNK_BYTES = 1 << 22
+
+
+def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_max: int, bw_max: int,
+                height: int, width: int, sentinel: int) -> Tensor:
+    """``[bh_max * bw_max, K * PH * PW]``: the input row read at step ``(r, s)`` of every bin.
+
+    Step ``(r, s)`` visits cell ``(hstart + r, wstart + s)`` (row-major, the kernel's order); a
+    step outside its bin reads row ``sentinel``, which holds ``-FLT_MAX`` and so never wins.
+    """
+    hstart, hend, wstart, wend = edges  # [K, PH], [K, PW]
+    rows = hstart[:, :, None] + torch.arange(bh_max, device=rois.device)  # [K, PH, R]
+    cols = wstart[:, :, None] + torch.arange(bw_max, device=rois.device)  # [K, PW, S]
+    base = (rois[:, 0].long()[:, None, None] * height + rows) * width  # [K, PH, R]
+    flat = base[:, :, None, :, None] + cols[:, None, :, None, :]  # [K, PH, PW, R, S]
+    inside = (rows < hend[:, :, None])[:, :, None, :, None] & (cols < wend[:, :, None])[:, None, :, None, :]
+    flat = torch.where(inside, flat, sentinel)
+    return flat.flatten(3).flatten(0, 2).t().contiguous()  # [R*S, K*PH*PW]
+
+
+def _largest_bin(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[int, int]:
+    """Rows and columns of the largest bin, at least 1 (an all-empty set takes one sentinel step)."""
+    hstart, hend, wstart, wend = edges
+    if hstart.numel() == 0:
+        return 1, 1
+    return max(int((hend - hstart).max()), 1), max(int((wend - wstart).max()), 1)
+
+
+def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
+             track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, the winning step ``[K*PH*PW, C]``.
+
+    The step is ``r * bw_max + s`` (uint8 when it fits); ``bh_max * bw_max`` means no cell beat
+    the start value (an empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
+    """
+    n_n, c_n, height, width = input.shape
     k_n = rois.shape[0]
-    hstart, hend, wstart, wend = roi_pool_bin_edges(rois, scale, ph_n, pw_n, height, width)
-    x = channels_last(input)  # [N, H, W, C]
-    batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
-    # The largest bin decides how many cells to visit: data-dependent, so it reads the boxes.
-    max_bh = int((hend - hstart).max()) if k_n else 0
-    max_bw = int((wend - wstart).max()) if k_n else 0
-    best = x.new_full((k_n, ph_n, pw_n, c_n), -_FLT_MAX)
-    arg = torch.full((k_n, ph_n, pw_n, c_n), -1, dtype=torch.long, device=x.device)
-    # Visit the cells of every bin in the kernel's order (row-major) with a strict '>', so that
-    # ties keep the first maximum, as torchvision's backward expects.
-    for r in range(max_bh):
-        row = hstart + r  # [K, PH]
-        row_ok = row < hend
-        row_c = row.clamp(max=height - 1)
-        for s in range(max_bw):
-            col = wstart + s  # [K, PW]
-            col_ok = col < wend
-            col_c = col.clamp(max=width - 1)
-            v = x[batch, row_c[:, :, None], col_c[:, None, :]]  # [K, PH, PW, C]
-            ok = (row_ok[:, :, None] & col_ok[:, None, :])[..., None]  # [K, PH, PW, 1]
-            better = ok & (v > best)
-            best = torch.where(better, v, best)
-            flat = (row_c[:, :, None] * width + col_c[:, None, :])[..., None]  # [K, PH, PW, 1]
-            arg = torch.where(better, flat, arg)
-    empty = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
-    best = best.masked_fill(empty[..., None], 0.0)  # an empty bin is defined to be 0
-    return best, arg
+    edges = roi_pool_bin_edges(rois, scale, ph_n, pw_n, height, width)
+    hstart, hend, wstart, wend = edges
+    # The largest bin decides how many steps to take: data-dependent, so it reads the boxes
+    # (a host synchronisation on a GPU).
+    bh_max, bw_max = _largest_bin(edges)
+    steps = bh_max * bw_max
+    dtype = compute_dtype(input.dtype)
+    # Channels-last copy of the input plus one sentinel row of -FLT_MAX: [N*H*W + 1, C]. NaN and
+    # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
+    # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
+    sentinel = n_n * height * width
+    x = torch.empty(sentinel + 1, c_n, dtype=dtype, device=input.device)
+    x[:sentinel].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
+    x[sentinel].fill_(-_FLT_MAX)
+    torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
+    out = empty((k_n, c_n, ph_n, pw_n), dtype, input.device)
+    m_n = k_n * ph_n * pw_n
+    step_dtype = torch.uint8 if steps < 255 else torch.int32
+    arg = torch.empty(m_n, c_n, dtype=step_dtype, device=input.device) if track else None
+    if m_n == 0:
+        return out, arg, edges
+    index = _cell_index(rois, edges, bh_max, bw_max, height, width, sentinel)  # [R*S, K*PH*PW]
+    empty_bin = ((hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]).view(-1, 1)  # [K*PH*PW, 1]
+    bins = ph_n * pw_n
+    # Chunks of ROIs whose gathered cells [R*S, kc*PH*PW, C] stay in the cache.
+    kc = min(k_n, max(1, CHUNK_BYTES // (steps * bins * c_n * x.element_size())))
+    cells_buf = x.new_empty(steps * kc * bins, c_n)
+    best_buf = x.new_empty(kc * bins, c_n)
+    step_buf = torch.empty(kc * bins, c_n, dtype=torch.long, device=input.device) if track else None
+    for a in range(0, k_n, kc):
+        b = min(a + kc, k_n)
+        rows = slice(a * bins, b * bins)
+        n = (b - a) * bins
+        cells = torch.index_select(x, 0, index[:, rows].reshape(-1), out=cells_buf[: steps * n]).view(steps, n, c_n)
+        best = best_buf[:n]
+        if track:
+            # max over dim 0 returns the first maximum: the kernel's strict '>' in row-major order.
+            torch.max(cells, 0, out=(best, step_buf[:n]))
+            step = step_buf[:n].masked_fill_(best <= -_FLT_MAX, steps)  # nothing beat the start
+            arg[rows].copy_(step)
+        else:
+            torch.amax(cells, 0, out=best)
+        best.clamp_(min=-_FLT_MAX)  # (a no-op unless the bin is empty: start value -FLT_MAX)
+        best.masked_fill_(empty_bin[rows], 0.0)  # an empty bin is defined to be 0
+        out[a:b].copy_(best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
+    return out, arg, edges
+    index = _cell_index(rois, edges, bh_max, bw_max, height, width, sentinel)  # [R*S, K*PH*PW]
+    empty_bin = ((hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]).view(-1, 1)  # [K*PH*PW, 1]
+    bins = ph_n * pw_n
+    kc = max(1, CHUNK_BYTES // (bins * c_n * (2 * x.element_size() + (1 if track else 0))))
+    best_buf = x.new_empty(min(kc, k_n) * bins, c_n)
+    cell_buf = x.new_empty(min(kc, k_n) * bins, c_n)
+    more_buf = torch.empty(min(kc, k_n) * bins, c_n, dtype=torch.bool, device=input.device) if track else None
+    for a in range(0, k_n, kc):
+        b = min(a + kc, k_n)
+        rows = slice(a * bins, b * bins)
+        n = (b - a) * bins
+        best, cell = best_buf[:n], cell_buf[:n]
+        best.fill_(-_FLT_MAX)  # the kernel's start value: -inf and NaN never beat it
+        for step in range(steps):
+            torch.index_select(x, 0, index[step, rows], out=cell)
+            if track:
+                # The kernel's strict '>': ties (and NaN) keep the first maximum, in row-major order.
+                more = torch.gt(cell, best, out=more_buf[:n])
+                arg[rows].masked_fill_(more, step)
+                torch.where(more, cell, best, out=best)
+            else:
+                torch.fmax(best, cell, out=best)  # = strict '>' with NaN ignored, like the kernel
+        best.masked_fill_(empty_bin[rows], 0.0)  # an empty bin is defined to be 0
+        out[a:b].copy_(best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
+    return out, arg, edges
 
 
 class _RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> Tensor:
-        best, arg = _forward(input, rois, ph_n, pw_n, scale)
-        ctx.save_for_backward(rois, arg)
+        out, arg, edges = _forward(input, rois, ph_n, pw_n, scale, track=ctx.needs_input_grad[0])
+        ctx.save_for_backward(rois, arg, *edges)
         ctx.input_shape = input.shape
         ctx.input_dtype = input.dtype
-        return best.permute(0, 3, 1, 2).contiguous().to(input.dtype)  # [K, C, PH, PW]
+        return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        rois, arg = ctx.saved_tensors
+        rois, arg, hstart, hend, wstart, wend = ctx.saved_tensors
         n_n, c_n, height, width = ctx.input_shape
-        grad = grad_out.permute(0, 2, 3, 1).to(rois.dtype)  # [K, PH, PW, C]
-        # Each output sends its gradient to the one input cell that was its maximum.
-        hit = arg >= 0
-        b = rois[:, 0].long()[:, None, None, None].expand_as(arg)
-        c = torch.arange(c_n, device=arg.device).expand_as(arg)
-        flat = ((b * c_n + c) * (height * width) + arg.clamp(min=0))[hit]  # into [N, C, H, W]
-        grad_in = grad.new_zeros(n_n * c_n * height * width)
-        grad_in.index_add_(0, flat, grad[hit])
-        return grad_in.view(n_n, c_n, height, width).to(ctx.input_dtype), None, None, None, None
+        k_n, _, ph_n, pw_n = grad_out.shape
+        dtype = compute_dtype(ctx.input_dtype)
+        grad_in = torch.zeros(n_n * height * width, c_n, dtype=dtype, device=grad_out.device)  # channels last
+        if k_n:
+            bh_max, bw_max = _largest_bin((hstart, hend, wstart, wend))
+            step = arg.view(k_n, ph_n, pw_n, c_n).long()
+            won = step < bh_max * bw_max  # the kernel's argmax != -1
+            # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw_max + s.
+            row = hstart[:, :, None, None] + step // bw_max  # [K, PH, PW, C]
+            col = wstart[:, None, :, None] + step % bw_max
+            cell = (rois[:, 0].long()[:, None, None, None] * height + row) * width + col
+            cell = torch.where(won, cell, 0).view(-1, c_n)
+            grad = torch.where(won, grad_out.permute(0, 2, 3, 1).to(dtype), 0.0)  # [K, PH, PW, C]
+            # Each output sends its gradient to its first maximum (kernel order per channel).
+            grad_in.scatter_add_(0, cell, grad.reshape(-1, c_n))
+        grad_in = grad_in.view(n_n, height, width, c_n).permute(0, 3, 1, 2).contiguous()
+        return grad_in.to(ctx.input_dtype), None, None, None, None
 
 
 class RoIPool(nn.Module):
