@@ -45,7 +45,8 @@ def alignment_gaps(results: dict, metric: str = "mask_iou") -> dict[str, dict[st
     """Mask R-CNN's comparison per stride: RoIAlign vs RoIWarp (``resize``) vs RoIPool.
 
     Returns, per stride key, ``align_minus_pool``, ``align_minus_resize``, ``resize_minus_pool``
-    (differences of the mean ``metric``) and ``ordered`` (``roi_align >= resize >= roi_pool``).
+    (differences of the mean ``metric``), ``ordered`` (``roi_align >= resize >= roi_pool``) and
+    ``align_beats_pool_seeds`` out of ``seeds`` (a paired, per-seed comparison).
     Strides missing one of the three strategies are skipped.
 
     Examples
@@ -64,7 +65,13 @@ def alignment_gaps(results: dict, metric: str = "mask_iou") -> dict[str, dict[st
             align, warp, pool = (by_strategy[n][f"{metric}_mean"] for n in ("roi_align", "resize", "roi_pool"))
         except KeyError:
             continue
+        # Paired by seed (same data, backbone and initial head): the fair comparison.
+        a_seeds = [r.get(metric) for r in by_strategy["roi_align"].get("per_seed", [])]
+        p_seeds = [r.get(metric) for r in by_strategy["roi_pool"].get("per_seed", [])]
+        paired = [(a, p) for a, p in zip(a_seeds, p_seeds, strict=False) if a is not None and p is not None]
         out[key] = {
+            "align_beats_pool_seeds": sum(a > p for a, p in paired),
+            "seeds": len(paired),
             "align_minus_pool": align - pool,
             "align_minus_resize": align - warp,
             "resize_minus_pool": warp - pool,
@@ -112,7 +119,8 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
         lines.append(f"{key.replace('_', ' ')}: mask IoU roi_align - roi_pool {g['align_minus_pool']:+.3f}, "
                      f"roi_align - resize {g['align_minus_resize']:+.3f}, resize - roi_pool "
                      f"{g['resize_minus_pool']:+.3f}; roi_align >= resize >= roi_pool: "
-                     f"{'yes' if g['ordered'] else 'no'}")
+                     f"{'yes' if g['ordered'] else 'no'}; roi_align > roi_pool on "
+                     f"{g['align_beats_pool_seeds']}/{g['seeds']} seeds")
     if "full_box_mask_iou" in results:
         lines += ["", f"(a head predicting the whole proposal would score mask IoU "
                       f"{results['full_box_mask_iou']:.3f})"]
