@@ -2,6 +2,24 @@
 
 Every output bin is the mean of ``grid_h x grid_w`` bilinear samples taken on a regular grid
 inside the bin; nothing is rounded, so the output moves smoothly with the box.
+
+Two implementations, one result
+-------------------------------
+- **CPU tensors** take :mod:`roiviz.ops._align_cpu`: the weights are separable, so each ROI is
+  two small matrix products over the window of cells it touches, with a custom backward. Its
+  float32 results differ from torchvision's by a few ulp (sums in GEMM order); it reads the
+  boxes on the host to plan its chunks, which on the CPU costs nothing.
+- **Other devices** take :func:`_roi_align_gather`, which gathers the four taps of every sample
+  in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
+
+Which paths synchronise with the host (a stall on a GPU):
+
+- ``sampling_ratio > 0`` on a non-CPU device: **none**, forward or backward (tested on the
+  ``meta`` device, where any host read raises). Box *value* checks do read the boxes once;
+  :func:`roiviz.trusted_boxes` skips them.
+- ``sampling_ratio <= 0`` (adaptive): one read, ``max(ceil(roi_size / output_size))``, because
+  it is the bound of the sampling loop and so decides how much work there is.
+- :func:`roiviz.roi_pool` likewise reads the size of the largest bin (its loop bound).
 """
 
 from __future__ import annotations

@@ -1,0 +1,250 @@
+"""The fast paths of roi_align / roi_pool: against each other, the reference, and the meta device.
+
+roi_align has two implementations (see :mod:`roiviz.ops.roi_align`): the CPU path (window GEMMs,
+reads the boxes on the host to plan) and the portable gather path (torchvision's float order,
+no host synchronisation with a fixed sampling ratio). Both must agree with
+:mod:`roiviz.reference` and with each other, forward and backward, whatever the chunking.
+The ``meta`` device has no data, so any host read (``.item()``, ``.tolist()``, ``int(t)``)
+raises there: running an op on ``meta`` proves it never synchronises.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from conftest import TOLERANCES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import roiviz
+from roiviz import reference
+from roiviz.ops import _align_cpu, _common
+from roiviz.ops._common import prepare
+from roiviz.ops.roi_align import _roi_align_gather
+
+roi_pool_module = importlib.import_module("roiviz.ops.roi_pool")  # the package re-exports the function
+
+
+def gather_path(x, boxes, output_size, scale, sampling_ratio, aligned):
+    """The portable path, called directly (on the CPU it is otherwise not used)."""
+    x, rois, ph, pw, scale_t = prepare(x, boxes, output_size, scale)
+    return _roi_align_gather(x, rois, ph, pw, scale_t, sampling_ratio, aligned)
+
+
+@st.composite
+def cases(draw, dtype=torch.float32):
+    n = draw(st.integers(1, 2))
+    c = draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25, 1 / 3]))
+    k = draw(st.integers(0, 6))
+    rows = []
+    for _ in range(k):
+        x1 = draw(st.floats(-3.0, w + 2.0)) / scale
+        y1 = draw(st.floats(-3.0, h + 2.0)) / scale
+        bw = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0 * w))) / scale  # zero-area boxes too
+        bh = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0 * h))) / scale
+        rows.append([draw(st.integers(0, n - 1)), x1, y1, x1 + bw, y1 + bh])
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    boxes = torch.tensor(rows, dtype=dtype).reshape(k, 5)
+    output_size = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    return x, boxes, output_size, scale
+
+
+def _forward_backward(fn, x, *args):
+    x = x.detach().requires_grad_(True)
+    out = fn(x, *args)
+    weight = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    if not out.requires_grad:  # nothing sampled anywhere (adaptive grid 0): no graph at all
+        return out.detach(), torch.zeros_like(x)
+    (grad,) = torch.autograd.grad((out * weight).sum(), x, allow_unused=True)
+    return out.detach(), torch.zeros_like(x) if grad is None else grad
+
+
+@pytest.fixture(params=["small chunks, kron", "small chunks, separable", "default"])
+def cpu_plan(request, monkeypatch):
+    """Run the CPU path with one ROI per chunk and each GEMM form, or with its defaults."""
+    if request.param != "default":
+        monkeypatch.setattr(_align_cpu, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(_align_cpu, "KRON_FACTOR", 1e9 if "kron" in request.param else 0.0)
+    return request.param
+
+
+# ------------------------------------------------------------------ roi_align: CPU path vs gather path
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=cases(), sampling_ratio=st.sampled_from([-1, 1, 2, 3]), aligned=st.booleans())
+def test_roi_align_cpu_path_matches_gather_path_and_reference(case, sampling_ratio, aligned):
+    x, boxes, output_size, scale = case
+    args = (boxes, output_size, scale, sampling_ratio, aligned)
+    out, grad = _forward_backward(roiviz.roi_align, x, *args)
+    out_g, grad_g = _forward_backward(gather_path, x, *args)
+    ref = reference.roi_align(x, *args)
+    torch.testing.assert_close(out_g, ref, rtol=0, atol=0)  # the gather path is torchvision's order
+    torch.testing.assert_close(out, ref, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(grad, grad_g, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, True), (-1, True), (1, False), (-1, False)])
+def test_roi_align_cpu_path_chunking_and_gemm_forms(cpu_plan, sampling_ratio, aligned):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 13, 17, generator=gen, dtype=torch.float64)
+    boxes = torch.tensor([[0, 1.0, 2.0, 30.0, 20.0], [1, -8.0, -4.0, 6.0, 40.0], [0, 3.0, 3.0, 3.0, 3.0],
+                          [1, 20.0, 10.0, 33.0, 25.0], [0, 40.0, 40.0, 50.0, 50.0], [1, 0.0, 0.0, 34.0, 26.0]],
+                         dtype=torch.float64)
+    args = (boxes, (3, 4), 0.5, sampling_ratio, aligned)
+    out, grad = _forward_backward(roiviz.roi_align, x, *args)
+    out_g, grad_g = _forward_backward(gather_path, x, *args)
+    torch.testing.assert_close(out, reference.roi_align(x, *args), **TOLERANCES[torch.float64])
+    torch.testing.assert_close(out, out_g, **TOLERANCES[torch.float64])
+    torch.testing.assert_close(grad, grad_g, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "permuted"])
+def test_roi_align_cpu_path_gradcheck(cpu_plan, contiguous):
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64)
+    x = base if contiguous else base.transpose(2, 3).contiguous().transpose(2, 3)
+    x.requires_grad_()
+    boxes = torch.tensor([[0, 0.3, 0.6, 4.7, 5.2], [1, -2.0, 1.0, 3.0, 9.0], [1, 2.2, 2.2, 2.2, 4.0]],
+                         dtype=torch.float64)
+    for sampling_ratio in (2, -1):
+        assert torch.autograd.gradcheck(lambda t, sr=sampling_ratio: roiviz.roi_align(t, boxes, (2, 3), 1.0, sr, True), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_roi_align_cpu_path_half_types_compute_in_float32(dtype):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 3, 9, 9, generator=gen).to(dtype)
+    boxes = torch.tensor([[0, 1.0, 1.0, 7.0, 6.0]])
+    out, grad = _forward_backward(roiviz.roi_align, x, boxes.to(dtype), 2, 1.0, 2, True)
+    assert out.dtype == dtype and grad.dtype == dtype
+    expected = roiviz.roi_align(x.float(), boxes, 2, 1.0, 2, True)
+    torch.testing.assert_close(out, expected.to(dtype), **TOLERANCES[dtype])
+
+
+def test_roi_align_empty_boxes_on_both_paths():
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    boxes = torch.zeros(0, 5)
+    for fn in (roiviz.roi_align, gather_path):
+        out = fn(x, boxes, (2, 3), 1.0, 2, True)
+        assert out.shape == (0, 2, 2, 3)
+        out.sum().backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+        x.grad = None
+
+
+# ------------------------------------------------------------------ no host synchronisation
+
+
+@pytest.mark.parametrize(("sampling_ratio", "aligned"), [(1, True), (2, True), (3, False)])
+def test_roi_align_fixed_sampling_ratio_never_reads_the_host(sampling_ratio, aligned):
+    # On meta any .item()/.tolist()/int(tensor) raises: forward and backward run without one.
+    x = torch.randn(2, 8, 10, 12, device="meta", requires_grad=True)
+    boxes = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0], [1, 0.0, 2.0, 9.0, 7.0]], device="meta")
+    out = roiviz.roi_align(x, boxes, (3, 4), 0.5, sampling_ratio, aligned)
+    assert out.shape == (2, 8, 3, 4) and out.device.type == "meta"
+    out.sum().backward()
+    assert x.grad.shape == x.shape and x.grad.device.type == "meta"
+    listed = roiviz.roi_align(x, [boxes[:1, 1:], boxes[1:, 1:]], 3, 0.5, sampling_ratio, aligned)
+    assert listed.shape == (2, 8, 3, 3)
+
+
+def test_adaptive_sampling_and_roi_pool_do_read_the_host():
+    # Documented: the adaptive grid and roi_pool's largest bin are loop bounds read from the boxes.
+    x = torch.randn(1, 2, 6, 6, device="meta")
+    boxes = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]], device="meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        roiviz.roi_align(x, boxes, 2, 1.0, -1, True)
+    with pytest.raises(RuntimeError, match="meta"):
+        roiviz.roi_pool(x, boxes, 2, 1.0)
+
+
+# ------------------------------------------------------------------ roi_pool
+
+
+@pytest.fixture(params=["one ROI per chunk", "default"])
+def pool_chunks(request, monkeypatch):
+    if request.param != "default":
+        monkeypatch.setattr(roi_pool_module, "CHUNK_BYTES", 1)
+    return request.param
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=cases(dtype=torch.float64))
+def test_roi_pool_matches_reference_exactly(case):
+    x, boxes, output_size, scale = case
+    torch.testing.assert_close(roiviz.roi_pool(x, boxes, output_size, scale),
+                               reference.roi_pool(x, boxes, output_size, scale), rtol=0, atol=0)
+
+
+def test_roi_pool_nan_and_infinities_follow_the_strict_greater_rule(pool_chunks):
+    # The kernel starts at -FLT_MAX and takes a cell only if it is strictly greater: NaN and -inf
+    # never win, an all -inf bin gives -FLT_MAX (not 0, not -inf) and no gradient.
+    x = torch.tensor([[[[float("nan"), 1.0, float("-inf"), float("-inf")],
+                        [2.0, float("nan"), float("-inf"), float("-inf")],
+                        [float("inf"), 0.0, -5.0, -5.0],
+                        [0.0, 0.0, -5.0, -5.0]]]], requires_grad=True)
+    boxes = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])
+    out = roiviz.roi_pool(x, boxes, 2, 1.0)
+    # Output and gradient as torchvision 0.29 gives them (checked live; roiviz.reference gives
+    # -inf for the all -inf bin, where the kernel keeps its start value -FLT_MAX).
+    flt_max = torch.finfo(torch.float32).max
+    assert out[0, 0].tolist() == [[2.0, -flt_max], [float("inf"), -5.0]]
+    out.sum().backward()
+    expected = torch.zeros(4, 4)
+    expected[1, 0] = expected[2, 0] = expected[2, 2] = 1.0  # first maximum; the -inf bin sends nothing
+    assert torch.equal(x.grad[0, 0], expected)
+
+
+def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_chunks):
+    x = torch.zeros(1, 2, 5, 5, requires_grad=True)
+    boxes = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [0, 1.0, 1.0, 3.0, 3.0], [0, 9.0, 9.0, 9.0, 9.0]])
+    out = roiviz.roi_pool(x, boxes, (2, 2), 1.0)
+    assert torch.equal(out, torch.zeros(3, 2, 2, 2))  # the third box is outside: empty bins are 0
+    out.sum().backward()
+    expected = torch.zeros(5, 5)
+    for y, x_ in [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1), (1, 2), (2, 1), (2, 2)]:  # first cell of each bin
+        expected[y, x_] += 1.0
+    assert torch.equal(x.grad[0, 0], expected) and torch.equal(x.grad[0, 1], expected)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "permuted"])
+def test_roi_pool_gradcheck_in_chunks(pool_chunks, contiguous):
+    gen = torch.Generator().manual_seed(8)
+    values = torch.randperm(2 * 3 * 7 * 6, generator=gen).to(torch.float64).reshape(2, 3, 7, 6)
+    x = values if contiguous else values.transpose(2, 3).contiguous().transpose(2, 3)
+    x.requires_grad_()
+    boxes = torch.tensor([[0, 0.0, 0.0, 4.0, 5.0], [1, 1.0, 2.0, 5.0, 6.0], [0, 8.0, 8.0, 9.0, 9.0]],
+                         dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roiviz.roi_pool(t, boxes, (2, 3), 1.0), (x,))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def test_empty_gives_a_writable_tensor_of_the_asked_shape(monkeypatch):
+    monkeypatch.setattr(_common, "HUGE_PAGE_BYTES", 1)  # take the madvise branch even when small
+    for shape in [(3, 5), (1 << 20,), (0, 4)]:
+        t = _common.empty(shape, torch.float32, torch.device("cpu"))
+        assert t.shape == shape and t.dtype == torch.float32
+        t.fill_(1.5)
+        assert bool((t == 1.5).all())
+    assert _common.empty((2, 3), torch.float64, torch.device("meta")).device.type == "meta"
+
+
+def test_axis_samples_match_the_reference_sample_points():
+    roi = torch.tensor([0, 0.3, 1.2, 9.7, 6.1], dtype=torch.float64)
+    points, _ = reference.roi_align_sample_points(roi, 2, 3, 0.5, 2, True, dtype=torch.float64)
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    start_h = roi[2] * scale - 0.5
+    bin_h = (roi[4] * scale - 0.5 - start_h) / 2
+    low, _, w_low, w_high, _, _ = _align_cpu.axis_samples(
+        start_h[None], bin_h[None], torch.tensor([2.0], dtype=torch.float64), 2, 2, 20)
+    ys = sorted({y for row in points for cell in row for y, _ in cell})
+    assert [int(v) for v in low.flatten()] == [int(y) for y in ys]  # floor of each sample row
+    assert torch.allclose(w_low + w_high, torch.full_like(w_low, 0.5))  # each sample weighs 1 / grid
