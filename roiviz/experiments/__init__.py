@@ -9,8 +9,8 @@ chart (:mod:`.report`).
 
 From the command line::
 
-    roiviz experiment --quick                 # stride 16, one seed, under a minute
-    roiviz experiment --json results.json     # strides 16 and 32, three seeds, about 10 min
+    roiviz experiment --quick                 # stride 16, one seed, about 30 s
+    roiviz experiment --json results.json     # strides 16 and 32, three seeds, about 5-6 min
 
 From a notebook::
 
