@@ -617,13 +617,13 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "threads": threads or torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpus_usable": affinity,
         "cpu_model": cpu_model, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 def _finish(env: dict[str, Any]) -> None:
     """Add when the run ended and the load then (others sharing the CPU show up here)."""
-    env["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    env["finished_utc"] = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     env["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
 
 
