@@ -62,6 +62,8 @@ from typing import Any
 
 import torch
 
+from ._threads import torch_threads
+
 __all__ = [
     "OPS",
     "TARGETS",
@@ -389,12 +391,10 @@ def _measure(entries: list[_Entry], rounds: int, min_run_time: float, device: to
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(entries) * (rounds + 1), desc=desc, disable=not progress, leave=False)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)  # warm-up too, not only inside Timer
     try:
-        _rounds(entries, rounds, min_run_time, device, threads, bar)
+        with torch_threads(threads):  # warm-up too, not only inside Timer
+            _rounds(entries, rounds, min_run_time, device, threads, bar)
     finally:
-        torch.set_num_threads(saved)
         bar.close()
 
 

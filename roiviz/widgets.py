@@ -27,12 +27,11 @@ the status line, never swallowed.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +47,7 @@ from matplotlib.patches import Rectangle
 
 from . import viz
 from ._checks import trusted_boxes
+from ._threads import torch_threads
 from .ops.roi_align import roi_align
 from .strategies import STRATEGIES
 
@@ -135,17 +135,6 @@ def sample_points(
     return np.stack([xx + 0.5, yy + 0.5], axis=1), outside, max(grid_h * grid_w, 1)
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one thread: the Explorer's tensors are tiny, and on a busy machine a second
-    thread only waits for a core. Measured on this 2-core machine while other processes ran:
-    the metrics of one box took 42 ms on one thread and 1.7 s on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _float_box(value: Any) -> Box:
@@ -402,7 +391,9 @@ class ExplorerModel(T.HasTraits):
 
     def compute(self, box: Sequence[float] | None = None, metrics: bool = True) -> ExplorerResult:
         """Every shown strategy's output (and metrics) for ``box`` (the active box by default)."""
-        with _single_thread():
+        # One thread: the Explorer's tensors are tiny, and on a busy machine a second thread only
+        # waits for a core (measured: one box's metrics took 42 ms on one thread, 1.7 s on two).
+        with torch_threads(1):
             return self._compute(box, metrics)
 
     def _compute(self, box: Sequence[float] | None, with_metrics: bool) -> ExplorerResult:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._threads import torch_threads
 from .data import CLASSES, DataConfig, ShapeSet, make_dataset
 from .metrics import COCO_THRESHOLDS, average_precision, mask_iou
 from .model import Backbone, MaskHead, SegmentationDecoder
@@ -148,14 +149,12 @@ def _cpu_settings(threads: int) -> Iterator[None]:
     Without flushing, tiny activations and gradients (denormal floats) made training about
     ten times slower on this CPU.
     """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    old_flush = torch.set_flush_denormal(True)  # returns whether flushing is supported
+    flushing = torch.set_flush_denormal(True)  # returns whether flushing is supported
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
-        torch.set_num_threads(old)
-        if old_flush:
+        if flushing:
             torch.set_flush_denormal(False)
 
 
