@@ -1220,6 +1220,8 @@ def strategy_metrics(
     if outputs is not None and not isinstance(outputs, Mapping):
         raise TypeError(f"outputs must be a mapping strategy name -> Tensor, got {type(outputs).__name__}")
     include = _check_include(include)
+    if not items:  # nothing to measure (e.g. every strategy switched off in the Explorer)
+        return MetricsTable([])
     c_n = input.shape[1]
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     probe = _Probe(parsed, ph_pw, s, height, width, seed, True, input.device, dtype)

@@ -563,3 +563,10 @@ def test_quantization_is_one_more_row_and_column(x1: float, y1: float, w: float,
     assert q.lost == 0
     assert q.crop == (r0, c0, r1 - r0 + 1, c1 - c0 + 1)
     assert q.gained == (r1 - r0 + 1) * (c1 - c0 + 1) - (r1 - r0) * (c1 - c0)
+
+
+def test_no_strategies_gives_an_empty_table():
+    x = torch.rand(1, 1, 8, 8)
+    table = strategy_metrics(x, (1, 1, 5, 5), 3, strategies=[])
+    assert len(table) == 0 and table.as_dicts() == []
+    assert "strategy" in str(table)  # still prints its header
