@@ -8,6 +8,7 @@ Pool gets wrong.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -113,30 +114,51 @@ def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_m
     return flat.flatten(3).flatten(0, 2).t().contiguous()  # [R*S, K*PH*PW]
 
 
-def _largest_bin(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[int, int]:
-    """Rows and columns of the largest bin, at least 1 (an all-empty set takes one sentinel step)."""
+
+
+def _no_step(dtype: torch.dtype) -> int:
+    """The "no cell won" mark in the saved steps (the kernel's argmax -1): no gradient flows."""
+    return 255 if dtype == torch.uint8 else 2**31 - 1
+
+
+def _bin_extents(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Per ROI, the rows and columns of its largest bin, at least 1: ``[K]`` each."""
     hstart, hend, wstart, wend = edges
-    if hstart.numel() == 0:
-        return 1, 1
-    return max(int((hend - hstart).max()), 1), max(int((wend - wstart).max()), 1)
+    return (hend - hstart).amax(1).clamp(min=1), (wend - wstart).amax(1).clamp(min=1)
 
 
 def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
              track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, the winning step ``[K*PH*PW, C]``.
 
-    The step is ``r * bw_max + s`` (uint8 when it fits); ``bh_max * bw_max`` means no cell beat
-    the start value (an empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
+    The step is ``r * bw + s`` for cell ``(hstart + r, wstart + s)``, with ``bw`` the ROI's widest
+    bin (see :func:`_bin_extents`); :func:`_no_step` means that no cell beat the start value (an
+    empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
     """
     n_n, c_n, height, width = input.shape
     k_n = rois.shape[0]
     edges = roi_pool_bin_edges(rois, scale, ph_n, pw_n, height, width)
     hstart, hend, wstart, wend = edges
-    # The largest bin decides how many steps to take: data-dependent, so it reads the boxes
-    # (a host synchronisation on a GPU).
-    bh_max, bw_max = _largest_bin(edges)
-    steps = bh_max * bw_max
     dtype = compute_dtype(input.dtype)
+    out = empty((k_n, c_n, ph_n, pw_n), dtype, input.device)
+    bins = ph_n * pw_n
+    arg = None
+    if k_n == 0:
+        return out, arg, edges
+    # The bin sizes decide how many steps to take: data-dependent, so they are read on the host
+    # (a synchronisation on a GPU). ROIs are grouped by their largest bin so that small boxes do
+    # not pay for the steps of large ones.
+    bh, bw = _bin_extents(edges)
+    keys = (bh * (width + 2) + bw).cpu().numpy()
+    order = np.argsort(keys, kind="stable")
+    uniq, starts = np.unique(keys[order], return_index=True)
+    bounds = [*starts.tolist(), k_n]
+    groups = [(int(key) // (width + 2), int(key) % (width + 2), order[a:b])
+              for key, a, b in zip(uniq.tolist(), bounds[:-1], bounds[1:], strict=True)]
+    most = max(r * s for r, s, _ in groups)
+    if track:
+        step_dtype = torch.uint8 if most < _no_step(torch.uint8) else torch.int32
+        arg = torch.empty(k_n, bins, c_n, dtype=step_dtype, device=input.device)
     # Channels-last copy of the input plus one sentinel row of -FLT_MAX: [N*H*W + 1, C]. NaN and
     # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
     # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
@@ -145,61 +167,37 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     x[:sentinel].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
     x[sentinel].fill_(-_FLT_MAX)
     torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
-    out = empty((k_n, c_n, ph_n, pw_n), dtype, input.device)
-    m_n = k_n * ph_n * pw_n
-    step_dtype = torch.uint8 if steps < 255 else torch.int32
-    arg = torch.empty(m_n, c_n, dtype=step_dtype, device=input.device) if track else None
-    if m_n == 0:
-        return out, arg, edges
-    index = _cell_index(rois, edges, bh_max, bw_max, height, width, sentinel)  # [R*S, K*PH*PW]
-    empty_bin = ((hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]).view(-1, 1)  # [K*PH*PW, 1]
-    bins = ph_n * pw_n
-    # Chunks of ROIs whose gathered cells [R*S, kc*PH*PW, C] stay in the cache.
-    kc = min(k_n, max(1, CHUNK_BYTES // (steps * bins * c_n * x.element_size())))
-    cells_buf = x.new_empty(steps * kc * bins, c_n)
-    best_buf = x.new_empty(kc * bins, c_n)
-    step_buf = torch.empty(kc * bins, c_n, dtype=torch.long, device=input.device) if track else None
-    for a in range(0, k_n, kc):
-        b = min(a + kc, k_n)
-        rows = slice(a * bins, b * bins)
-        n = (b - a) * bins
-        cells = torch.index_select(x, 0, index[:, rows].reshape(-1), out=cells_buf[: steps * n]).view(steps, n, c_n)
-        best = best_buf[:n]
-        if track:
-            # max over dim 0 returns the first maximum: the kernel's strict '>' in row-major order.
-            torch.max(cells, 0, out=(best, step_buf[:n]))
-            step = step_buf[:n].masked_fill_(best <= -_FLT_MAX, steps)  # nothing beat the start
-            arg[rows].copy_(step)
-        else:
-            torch.amax(cells, 0, out=best)
-        best.clamp_(min=-_FLT_MAX)  # (a no-op unless the bin is empty: start value -FLT_MAX)
-        best.masked_fill_(empty_bin[rows], 0.0)  # an empty bin is defined to be 0
-        out[a:b].copy_(best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
-    return out, arg, edges
-    index = _cell_index(rois, edges, bh_max, bw_max, height, width, sentinel)  # [R*S, K*PH*PW]
-    empty_bin = ((hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]).view(-1, 1)  # [K*PH*PW, 1]
-    bins = ph_n * pw_n
-    kc = max(1, CHUNK_BYTES // (bins * c_n * (2 * x.element_size() + (1 if track else 0))))
-    best_buf = x.new_empty(min(kc, k_n) * bins, c_n)
-    cell_buf = x.new_empty(min(kc, k_n) * bins, c_n)
-    more_buf = torch.empty(min(kc, k_n) * bins, c_n, dtype=torch.bool, device=input.device) if track else None
-    for a in range(0, k_n, kc):
-        b = min(a + kc, k_n)
-        rows = slice(a * bins, b * bins)
-        n = (b - a) * bins
-        best, cell = best_buf[:n], cell_buf[:n]
-        best.fill_(-_FLT_MAX)  # the kernel's start value: -inf and NaN never beat it
-        for step in range(steps):
-            torch.index_select(x, 0, index[step, rows], out=cell)
+    empty_bin = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
+    any_empty = bool(empty_bin.any())
+    empty_bin = empty_bin.view(k_n, bins, 1)
+    # Chunks of ROIs whose gathered cells [steps, kc*PH*PW, C] stay in the cache.
+    kc_most = max(1, CHUNK_BYTES // (bins * c_n * x.element_size()))
+    cells_buf = x.new_empty(min(k_n * most, kc_most) * bins, c_n)
+    best_buf = x.new_empty(min(k_n, kc_most) * bins, c_n)
+    step_buf = torch.empty(min(k_n, kc_most) * bins, c_n, dtype=torch.long, device=input.device) if track else None
+    for r_n, s_n, members in groups:
+        steps = r_n * s_n
+        ids = torch.from_numpy(members).to(input.device)
+        sub_edges = tuple(e[ids] for e in edges)
+        index = _cell_index(rois[ids], sub_edges, r_n, s_n, height, width, sentinel)  # [steps, kg*PH*PW]
+        kc = max(1, kc_most // steps)
+        for a in range(0, len(members), kc):
+            b = min(a + kc, len(members))
+            n = (b - a) * bins
+            cells = torch.index_select(x, 0, index[:, a * bins : b * bins].reshape(-1), out=cells_buf[: steps * n])
+            cells = cells.view(steps, n, c_n)
+            best = best_buf[:n]
+            chunk = ids[a:b]
             if track:
-                # The kernel's strict '>': ties (and NaN) keep the first maximum, in row-major order.
-                more = torch.gt(cell, best, out=more_buf[:n])
-                arg[rows].masked_fill_(more, step)
-                torch.where(more, cell, best, out=best)
+                # max over dim 0 returns the first maximum: the kernel's strict '>' in row-major order.
+                torch.max(cells, 0, out=(best, step_buf[:n]))
+                step = step_buf[:n].masked_fill_(best <= -_FLT_MAX, _no_step(arg.dtype))  # nothing beat the start
+                arg.index_copy_(0, chunk, step.view(b - a, bins, c_n).to(arg.dtype))
             else:
-                torch.fmax(best, cell, out=best)  # = strict '>' with NaN ignored, like the kernel
-        best.masked_fill_(empty_bin[rows], 0.0)  # an empty bin is defined to be 0
-        out[a:b].copy_(best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
+                torch.amax(cells, 0, out=best)
+            if any_empty:
+                best.view(b - a, bins, c_n).masked_fill_(empty_bin[chunk], 0.0)  # an empty bin is 0
+            out.index_copy_(0, chunk, best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
     return out, arg, edges
 
 
@@ -221,12 +219,13 @@ class _RoIPoolFunction(torch.autograd.Function):
         dtype = compute_dtype(ctx.input_dtype)
         grad_in = torch.zeros(n_n * height * width, c_n, dtype=dtype, device=grad_out.device)  # channels last
         if k_n:
-            bh_max, bw_max = _largest_bin((hstart, hend, wstart, wend))
+            _, bw = _bin_extents((hstart, hend, wstart, wend))
             step = arg.view(k_n, ph_n, pw_n, c_n).long()
-            won = step < bh_max * bw_max  # the kernel's argmax != -1
-            # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw_max + s.
-            row = hstart[:, :, None, None] + step // bw_max  # [K, PH, PW, C]
-            col = wstart[:, None, :, None] + step % bw_max
+            won = step != _no_step(arg.dtype)  # the kernel's argmax != -1
+            # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw + s.
+            bw = bw[:, None, None, None]
+            row = hstart[:, :, None, None] + step // bw  # [K, PH, PW, C]
+            col = wstart[:, None, :, None] + step % bw
             cell = (rois[:, 0].long()[:, None, None, None] * height + row) * width + col
             cell = torch.where(won, cell, 0).view(-1, c_n)
             grad = torch.where(won, grad_out.permute(0, 2, 3, 1).to(dtype), 0.0)  # [K, PH, PW, C]
