@@ -167,19 +167,34 @@ def test_adaptive_sampling_and_roi_pool_do_read_the_host():
 # ------------------------------------------------------------------ roi_pool
 
 
-@pytest.fixture(params=["one ROI per chunk", "default"])
+#: roi_pool's two algorithms: max-pooled maps + look-up, or a visit of every cell of every bin.
+POOL_PATHS = {"maps": 0.0, "cells": float("inf")}
+
+
+@pytest.fixture(params=["maps, one ROI per chunk", "cells, one ROI per chunk", "default"])
 def pool_chunks(request, monkeypatch):
     if request.param != "default":
         monkeypatch.setattr(roi_pool_module, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(roi_pool_module, "MAP_COST", POOL_PATHS[request.param.split(",")[0]])
     return request.param
 
 
 @settings(max_examples=40, deadline=None)
 @given(case=cases(dtype=torch.float64))
-def test_roi_pool_matches_reference_exactly(case):
+def test_roi_pool_both_paths_match_reference_and_each_other_exactly(case):
     x, boxes, output_size, scale = case
-    torch.testing.assert_close(roiviz.roi_pool(x, boxes, output_size, scale),
-                               reference.roi_pool(x, boxes, output_size, scale), rtol=0, atol=0)
+    ref = reference.roi_pool(x, boxes, output_size, scale)
+    results = {}
+    saved = roi_pool_module.MAP_COST
+    try:
+        for path, cost in POOL_PATHS.items():
+            roi_pool_module.MAP_COST = cost
+            results[path] = _forward_backward(roiviz.roi_pool, x, boxes, output_size, scale)
+    finally:
+        roi_pool_module.MAP_COST = saved
+    for out, _ in results.values():
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(results["maps"][1], results["cells"][1], rtol=0, atol=0)
 
 
 def test_roi_pool_nan_and_infinities_follow_the_strict_greater_rule(pool_chunks):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -95,6 +96,8 @@ def roi_pool_bin_edges(
 
 #: Bytes of gathered cells + running max per chunk of ROIs: small enough to stay in the L2 cache.
 CHUNK_BYTES = 1 << 22
+#: Cost of one max-pooled map per map cell, against one visited bin cell (see :func:`_forward_maps`).
+MAP_COST = 2.0
 
 
 def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_max: int, bw_max: int,
@@ -127,9 +130,86 @@ def _bin_extents(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, 
     return (hend - hstart).amax(1).clamp(min=1), (wend - wstart).amax(1).clamp(min=1)
 
 
+def _bin_shapes(edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor, width: int) -> list[tuple[int, int]]:
+    """The distinct ``(rows, cols)`` shapes of the non-empty bins (read on the host)."""
+    hstart, hend, wstart, wend = edges
+    code = (hend - hstart)[:, :, None] * (width + 2) + (wend - wstart)[:, None, :]  # [K, PH, PW]
+    return [(c // (width + 2), c % (width + 2)) for c in torch.unique(code[~empty_bin]).tolist()]
+
+
+def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor,
+                  pairs: list[tuple[int, int]], out: Tensor, track: bool,
+                  shape: tuple[int, int, int]) -> tuple[Tensor, Tensor | None]:
+    """ROI Pool by table look-up: one max-pooled map per bin shape, then one row per bin.
+
+    For many ROIs on a small map (a detector head: 1024 boxes on 50x68 cells) it is cheaper to
+    max-pool the whole map once per bin shape ``(a, b)`` that occurs (``max_pool2d``, stride 1,
+    whose first-maximum rule is the kernel's) than to visit every cell of every bin: the max of
+    bin ``[hstart, hstart + a) x [wstart, wstart + b)`` is then entry ``(hstart, wstart)`` of the
+    ``(a, b)`` map. ``x`` is the sanitised channels-last copy ``[N*H*W + 1, C]``; the saved
+    argmax is the input cell ``n*H*W + h*W + w`` of each output (int32), -1 for none.
+    """
+    k_n, c_n, ph_n, pw_n = out.shape
+    n_n, height, width = shape
+    hstart, hend, wstart, wend = edges
+    x4 = x[: n_n * height * width].view(n_n, height, width, c_n).permute(0, 3, 1, 2)  # [N, C, H, W] channels-last
+    # Table row 0: empty bins (value 0, no argmax); then each map, flattened to rows of C.
+    sizes = [n_n * (height - a + 1) * (width - b + 1) for a, b in pairs]
+    table = x.new_empty(1 + sum(sizes), c_n)
+    table[0].zero_()
+    cells = torch.empty(1 + sum(sizes), c_n, dtype=torch.int32, device=x.device) if track else None
+    if cells is not None:
+        cells[0].fill_(-1)
+    plane = (torch.arange(n_n, device=x.device) * (height * width))[:, None, None, None]  # [N, 1, 1, 1]
+    offsets = torch.zeros(max(a for a, _ in pairs) + 1, max(b for _, b in pairs) + 1, dtype=torch.long,
+                          device=x.device)
+    row = 1
+    for (a, b), size in zip(pairs, sizes, strict=True):
+        ha, wb = height - a + 1, width - b + 1
+        dst = table[row : row + size].view(n_n, ha, wb, c_n)
+        if (a, b) == (1, 1):
+            dst.copy_(x4.permute(0, 2, 3, 1))
+            index = torch.arange(height * width, device=x.device).view(1, height, width, 1) if track else None
+        elif track:
+            pooled, index = F.max_pool2d(x4, (a, b), 1, return_indices=True)
+            dst.copy_(pooled.permute(0, 2, 3, 1))
+            index = index.permute(0, 2, 3, 1)
+        else:
+            dst.copy_(F.max_pool2d(x4, (a, b), 1).permute(0, 2, 3, 1))
+        if cells is not None:
+            cells[row : row + size].view(n_n, ha, wb, c_n).copy_(index + plane)
+        offsets[a, b] = row
+        row += size
+    # The table row of every bin: [K, PH, PW].
+    bh = (hend - hstart).clamp(min=1)[:, :, None].expand(k_n, ph_n, pw_n)
+    bw = (wend - wstart).clamp(min=1)[:, None, :].expand(k_n, ph_n, pw_n)
+    inside = ~empty_bin
+    bh, bw = torch.where(inside, bh, 1), torch.where(inside, bw, 1)
+    first = offsets[bh.clamp(max=offsets.shape[0] - 1), bw.clamp(max=offsets.shape[1] - 1)]
+    batch = rois[:, 0].long()[:, None, None]
+    at = first + ((batch * (height - bh + 1) + hstart[:, :, None]) * (width - bw + 1) + wstart[:, None, :])
+    at = torch.where(inside, at, 0).view(-1)  # [K*PH*PW]
+    bins = ph_n * pw_n
+    arg = torch.empty(k_n * bins, c_n, dtype=torch.int32, device=x.device) if track else None
+    kc = min(k_n, max(1, CHUNK_BYTES // (2 * bins * c_n * x.element_size())))
+    buf = x.new_empty(kc * bins, c_n)
+    for a in range(0, k_n, kc):
+        b = min(a + kc, k_n)
+        rows = at[a * bins : b * bins]
+        vals = torch.index_select(table, 0, rows, out=buf[: (b - a) * bins])
+        if arg is not None:
+            won = torch.index_select(cells, 0, rows, out=arg[a * bins : b * bins])
+            won.masked_fill_(vals <= -_FLT_MAX, -1)  # nothing beat the kernel's start value
+        out[a:b].view(b - a, c_n, bins).copy_(vals.view(b - a, bins, c_n).transpose(1, 2))
+    return out, arg
+
+
 def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
-             track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, the winning step ``[K*PH*PW, C]``.
+             track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor], str]:
+    """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, where each output's maximum is.
+
+    Many ROIs on a small map take :func:`_forward_maps` (kind ``"cells"``: the argmax is the input
+    cell); otherwise every cell of every bin is visited in chunks (kind ``"steps"``).
 
     The step is ``r * bw + s`` for cell ``(hstart + r, wstart + s)``, with ``bw`` the ROI's widest
     bin (see :func:`_bin_extents`); :func:`_no_step` means that no cell beat the start value (an
@@ -144,7 +224,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     bins = ph_n * pw_n
     arg = None
     if k_n == 0:
-        return out, arg, edges
+        return out, arg, edges, "steps"
     # The bin sizes decide how many steps to take: data-dependent, so they are read on the host
     # (a synchronisation on a GPU). ROIs are grouped by their largest bin so that small boxes do
     # not pay for the steps of large ones.
@@ -168,11 +248,17 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     x[sentinel].fill_(-_FLT_MAX)
     torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
     empty_bin = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
+    pairs = _bin_shapes(edges, empty_bin, width)
+    direct_cost = sum(r * s * len(members) for r, s, members in groups) * bins
+    if pairs and len(pairs) * MAP_COST * n_n * height * width < direct_cost:
+        out, cells = _forward_maps(x, rois, edges, empty_bin, pairs, out, track, (n_n, height, width))
+        return out, cells, edges, "cells"
     any_empty = bool(empty_bin.any())
     empty_bin = empty_bin.view(k_n, bins, 1)
     # Chunks of ROIs whose gathered cells [steps, kc*PH*PW, C] stay in the cache.
     kc_most = max(1, CHUNK_BYTES // (bins * c_n * x.element_size()))
-    cells_buf = x.new_empty(min(k_n * most, kc_most) * bins, c_n)
+    need = max(r * s * min(max(1, kc_most // (r * s)), len(m)) for r, s, m in groups)
+    cells_buf = x.new_empty(need * bins, c_n)
     best_buf = x.new_empty(min(k_n, kc_most) * bins, c_n)
     step_buf = torch.empty(min(k_n, kc_most) * bins, c_n, dtype=torch.long, device=input.device) if track else None
     for r_n, s_n, members in groups:
@@ -198,13 +284,13 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
             if any_empty:
                 best.view(b - a, bins, c_n).masked_fill_(empty_bin[chunk], 0.0)  # an empty bin is 0
             out.index_copy_(0, chunk, best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
-    return out, arg, edges
+    return out, arg, edges, "steps"
 
 
 class _RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> Tensor:
-        out, arg, edges = _forward(input, rois, ph_n, pw_n, scale, track=ctx.needs_input_grad[0])
+        out, arg, edges, ctx.kind = _forward(input, rois, ph_n, pw_n, scale, track=ctx.needs_input_grad[0])
         ctx.save_for_backward(rois, arg, *edges)
         ctx.input_shape = input.shape
         ctx.input_dtype = input.dtype
@@ -219,16 +305,21 @@ class _RoIPoolFunction(torch.autograd.Function):
         dtype = compute_dtype(ctx.input_dtype)
         grad_in = torch.zeros(n_n * height * width, c_n, dtype=dtype, device=grad_out.device)  # channels last
         if k_n:
-            _, bw = _bin_extents((hstart, hend, wstart, wend))
-            step = arg.view(k_n, ph_n, pw_n, c_n).long()
-            won = step != _no_step(arg.dtype)  # the kernel's argmax != -1
-            # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw + s.
-            bw = bw[:, None, None, None]
-            row = hstart[:, :, None, None] + step // bw  # [K, PH, PW, C]
-            col = wstart[:, None, :, None] + step % bw
-            cell = (rois[:, 0].long()[:, None, None, None] * height + row) * width + col
-            cell = torch.where(won, cell, 0).view(-1, c_n)
-            grad = torch.where(won, grad_out.permute(0, 2, 3, 1).to(dtype), 0.0)  # [K, PH, PW, C]
+            if ctx.kind == "cells":
+                cell = arg.view(-1, c_n).long()
+                won = cell >= 0  # the kernel's argmax != -1
+            else:
+                _, bw = _bin_extents((hstart, hend, wstart, wend))
+                step = arg.view(k_n, ph_n, pw_n, c_n).long()
+                won = step != _no_step(arg.dtype)  # the kernel's argmax != -1
+                # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw + s.
+                bw = bw[:, None, None, None]
+                row = hstart[:, :, None, None] + step // bw  # [K, PH, PW, C]
+                col = wstart[:, None, :, None] + step % bw
+                cell = (rois[:, 0].long()[:, None, None, None] * height + row) * width + col
+                won = won.view(-1, c_n)
+            cell = torch.where(won, cell.view(-1, c_n), 0)
+            grad = torch.where(won, grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype), 0.0)  # [K*PH*PW, C]
             # Each output sends its gradient to its first maximum (kernel order per channel).
             grad_in.scatter_add_(0, cell, grad.reshape(-1, c_n))
         grad_in = grad_in.view(n_n, height, width, c_n).permute(0, 3, 1, 2).contiguous()
