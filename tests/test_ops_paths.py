@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import roiviz
 from roiviz import reference
-from roiviz.ops import _align_cpu, _common
+from roiviz.ops import _align_cpu, _align_small, _common
 from roiviz.ops._common import prepare
 from roiviz.ops.roi_align import _roi_align_gather
 
@@ -64,10 +64,13 @@ def _forward_backward(fn, x, *args):
     return out.detach(), torch.zeros_like(x) if grad is None else grad
 
 
-@pytest.fixture(params=["small chunks, kron", "small chunks, separable", "default"])
+@pytest.fixture(params=["window, one ROI per chunk, kron", "window, one ROI per chunk, separable", "window",
+                        "small"])
 def cpu_plan(request, monkeypatch):
-    """Run the CPU path with one ROI per chunk and each GEMM form, or with its defaults."""
-    if request.param != "default":
+    """Run a CPU path: the window GEMMs (with one ROI per chunk and each GEMM form, or with its
+    defaults) or the small-input whole-map matrices."""
+    monkeypatch.setattr(_align_small, "SMALL_WORK", 1 << 62 if request.param == "small" else -1)
+    if "chunk" in request.param:
         monkeypatch.setattr(_align_cpu, "CHUNK_BYTES", 1)
         monkeypatch.setattr(_align_cpu, "KRON_FACTOR", 1e9 if "kron" in request.param else 0.0)
     return request.param
@@ -78,15 +81,21 @@ def cpu_plan(request, monkeypatch):
 
 @settings(max_examples=40, deadline=None)
 @given(case=cases(), sampling_ratio=st.sampled_from([-1, 1, 2, 3]), aligned=st.booleans())
-def test_roi_align_cpu_path_matches_gather_path_and_reference(case, sampling_ratio, aligned):
+def test_roi_align_cpu_paths_match_gather_path_and_reference(case, sampling_ratio, aligned):
     x, boxes, output_size, scale = case
     args = (boxes, output_size, scale, sampling_ratio, aligned)
-    out, grad = _forward_backward(roiviz.roi_align, x, *args)
     out_g, grad_g = _forward_backward(gather_path, x, *args)
     ref = reference.roi_align(x, *args)
     torch.testing.assert_close(out_g, ref, rtol=0, atol=0)  # the gather path is torchvision's order
-    torch.testing.assert_close(out, ref, **TOLERANCES[torch.float32])
-    torch.testing.assert_close(grad, grad_g, **TOLERANCES[torch.float32])
+    saved = _align_small.SMALL_WORK
+    try:
+        for small_work in (-1, 1 << 62):  # the window path, then the small-input path
+            _align_small.SMALL_WORK = small_work
+            out, grad = _forward_backward(roiviz.roi_align, x, *args)
+            torch.testing.assert_close(out, ref, **TOLERANCES[torch.float32])
+            torch.testing.assert_close(grad, grad_g, **TOLERANCES[torch.float32])
+    finally:
+        _align_small.SMALL_WORK = saved
 
 
 @pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, True), (-1, True), (1, False), (-1, False)])
@@ -117,7 +126,7 @@ def test_roi_align_cpu_path_gradcheck(cpu_plan, contiguous):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_roi_align_cpu_path_half_types_compute_in_float32(dtype):
+def test_roi_align_cpu_path_half_types_compute_in_float32(cpu_plan, dtype):
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, 9, 9, generator=gen).to(dtype)
     boxes = torch.tensor([[0, 1.0, 1.0, 7.0, 6.0]])
@@ -127,7 +136,7 @@ def test_roi_align_cpu_path_half_types_compute_in_float32(dtype):
     torch.testing.assert_close(out, expected.to(dtype), **TOLERANCES[dtype])
 
 
-def test_roi_align_empty_boxes_on_both_paths():
+def test_roi_align_empty_boxes_on_every_path(cpu_plan):
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
     boxes = torch.zeros(0, 5)
     for fn in (roiviz.roi_align, gather_path):

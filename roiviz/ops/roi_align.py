@@ -3,12 +3,15 @@
 Every output bin is the mean of ``grid_h x grid_w`` bilinear samples taken on a regular grid
 inside the bin; nothing is rounded, so the output moves smoothly with the box.
 
-Two implementations, one result
--------------------------------
+Three implementations, one result
+---------------------------------
 - **CPU tensors** take :mod:`roiviz.ops._align_cpu`: the weights are separable, so each ROI is
   two small matrix products over the window of cells it touches, with a custom backward. Its
   float32 results differ from torchvision's by a few ulp (sums in GEMM order); it reads the
   boxes on the host to plan its chunks, which on the CPU costs nothing.
+- **Small CPU inputs** (a few boxes on a small map: the notebooks and the Explorer) take
+  :mod:`roiviz.ops._align_small`, the same separable weights as whole-map matrices in as few
+  operations as possible, because there the time goes to dispatching operations.
 - **Other devices** take :func:`_roi_align_gather`, which gathers the four taps of every sample
   in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
 
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
 from ._align_cpu import roi_align_cpu
+from ._align_small import roi_align_small, use_small_path
 from ._common import channels_last, prepare
 
 __all__ = ["RoIAlign", "roi_align"]
@@ -93,6 +97,9 @@ def roi_align(
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     aligned = check_aligned(aligned)
     if input.device.type == "cpu":
+        k_n, (_, c_n, height, width) = rois.shape[0], input.shape
+        if use_small_path(k_n, c_n, height, width, ph_n, pw_n):
+            return roi_align_small(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
         return roi_align_cpu(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
 

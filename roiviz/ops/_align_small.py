@@ -1,0 +1,75 @@
+"""The small-input path of :func:`roiviz.roi_align`: whole-map interpolation matrices, few ops.
+
+On a teaching-sized input (a few boxes on a ``64 x 64`` map, or the Explorer's one box on every
+mouse move) the arithmetic is negligible and the time goes to dispatching PyTorch operations
+(a few microseconds each). So this path spends as few operations as possible: both axes are
+handled at once as one ``[K, 2, P, G]`` tensor, the separable weights become two dense matrices
+``ay [K, PH, H]`` and ``ax [K, PW, W]`` over the whole map, and the output is
+``ay @ X[batch] @ ax^T`` (two batched products). Autograd differentiates it (two matmuls and an index). No host read
+with a fixed ``sampling_ratio``; the adaptive grid reads its largest grid size.
+
+The cost grows with ``K * C * H * W``, so :func:`use_small_path` keeps it for small problems.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import channels_last
+
+#: Largest ``K * C * H * W * max(PH, PW)`` handled here (beyond it the window path wins).
+SMALL_WORK = 1 << 22
+
+
+def use_small_path(k_n: int, c_n: int, height: int, width: int, ph_n: int, pw_n: int) -> bool:
+    """Whether the whole-map matrices are cheap enough (see the module docstring)."""
+    return k_n * c_n * height * width * max(ph_n, pw_n) <= SMALL_WORK
+
+
+def roi_align_small(
+    input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """``roi_align`` through whole-map matrices (arguments already checked)."""
+    _, _, height, width = input.shape
+    dtype = rois.dtype
+    offset = 0.5 if aligned else 0.0
+    # Column 0 is the y axis (height, PH bins), column 1 the x axis (width, PW bins).
+    start = rois[:, [2, 1]] * scale - offset  # [K, 2]
+    size = rois[:, [4, 3]] * scale - offset - start
+    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
+        size = size.clamp(min=1.0)
+    n_bins = torch.tensor([ph_n, pw_n], dtype=dtype)
+    bin_size = size / n_bins  # [K, 2]
+    if sampling_ratio > 0:
+        grid = torch.full_like(bin_size, sampling_ratio)
+        g_max = sampling_ratio
+    else:
+        grid = torch.ceil(size / n_bins)
+        g_max = max(int(grid.max()), 1) if grid.numel() else 1  # the loop bound: a host read
+    p = torch.arange(max(ph_n, pw_n), dtype=dtype)[:, None]  # [P, 1]
+    i = torch.arange(g_max)  # [G]
+    b4 = bin_size[:, :, None, None]
+    g4 = grid[:, :, None, None]
+    # torchvision's expression, in its order: start + p * bin + (i + .5) * bin / grid.
+    coord = start[:, :, None, None] + p * b4 + (i.to(dtype) + 0.5) * b4 / g4  # [K, 2, P, G]
+    limit = torch.tensor([height, width])[:, None, None]  # [2, 1, 1]
+    ok = (coord >= -1.0) & (coord <= limit) & (i < g4) & (p < n_bins[:, None, None])
+    c = torch.where(ok, coord, 0.0).clamp_(min=0.0)
+    low = c.long()  # truncation == floor for c >= 0
+    at_end = low >= limit - 1
+    low = torch.where(at_end, limit - 1, low)
+    high = torch.where(at_end, low, low + 1)
+    lo_w = torch.where(at_end, 0.0, c - low.to(dtype))  # the kernel sets c = low at the end
+    inv = 1.0 / g4.clamp(min=1.0)
+    mats = torch.zeros((*coord.shape[:3], max(height, width)), dtype=dtype)  # [K, 2, P, max(H, W)]
+    mats.scatter_add_(3, low, torch.where(ok, (1.0 - lo_w) * inv, 0.0))
+    mats.scatter_add_(3, high, torch.where(ok, lo_w * inv, 0.0))
+    ay = mats[:, 0, :ph_n, :height]  # [K, PH, H]
+    ax = mats[:, 1, :pw_n, :width]  # [K, PW, W]
+    k_n, c_n = rois.shape[0], input.shape[1]
+    x = channels_last(input).view(input.shape[0], -1).index_select(0, rois[:, 0].long())  # [K, H*W*C]
+    # Two products with transposed operands write [C, PH, PW] directly (as in _align_cpu).
+    mid = torch.bmm(x.view(k_n, height, width * c_n).transpose(1, 2), ay.transpose(1, 2))  # [K, (W, C), PH]
+    out = torch.bmm(mid.view(k_n, width, c_n * ph_n).transpose(1, 2), ax.transpose(1, 2))  # [K, (C, PH), PW]
+    return out.view(k_n, c_n, ph_n, pw_n).to(input.dtype)
