@@ -242,7 +242,7 @@ class _RoIAlignCPU(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         plan = ctx.plan
         dtype = torch.float32 if ctx.input_dtype in (torch.float16, torch.bfloat16) else ctx.input_dtype
-        gx = torch.zeros(n_n * height * width, c_n, dtype=dtype)  # channels last
+        gx = empty((n_n * height * width, c_n), dtype, torch.device("cpu")).zero_()  # channels last
         if plan is not None:
             grad = grad_out.to(dtype)
             ph_n, pw_n = grad.shape[2:]
@@ -257,5 +257,6 @@ class _RoIAlignCPU(torch.autograd.Function):
                     gmid = torch.bmm(ax.transpose(1, 2), g.transpose(1, 2))  # [kc, Sx, (C, PH)]
                     gwin = torch.bmm(ay.transpose(1, 2), gmid.view(kc, sx * c_n, ph_n).transpose(1, 2))  # [kc, Sy, (Sx, C)]
                 gx.index_add_(0, windows(a, b, sy, sx), gwin.reshape(-1, c_n))
-        grad_in = gx.view(n_n, height, width, c_n).permute(0, 3, 1, 2).contiguous()
-        return grad_in.to(ctx.input_dtype), None, None, None, None, None, None
+        grad_in = empty((n_n, c_n, height, width), ctx.input_dtype, gx.device)
+        grad_in.copy_(gx.view(n_n, height, width, c_n).permute(0, 3, 1, 2))
+        return grad_in, None, None, None, None, None, None

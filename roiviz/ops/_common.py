@@ -34,8 +34,8 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
     Gathering whole channel vectors (``x[b, y, x]`` is ``C`` contiguous numbers) is what makes
     the vectorised ops fast: one index per position instead of one per element.
     """
-    x = input.to(compute_dtype(input.dtype))
-    return x.permute(0, 2, 3, 1).contiguous()
+    n, c, h, w = input.shape
+    return empty((n, h, w, c), compute_dtype(input.dtype), input.device).copy_(input.permute(0, 2, 3, 1))
 
 
 #: Allocations at least this large are advised into transparent huge pages (see :func:`empty`).

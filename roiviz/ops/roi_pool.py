@@ -243,7 +243,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
     # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
     sentinel = n_n * height * width
-    x = torch.empty(sentinel + 1, c_n, dtype=dtype, device=input.device)
+    x = empty((sentinel + 1, c_n), dtype, input.device)
     x[:sentinel].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
     x[sentinel].fill_(-_FLT_MAX)
     torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
@@ -303,7 +303,7 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         k_n, _, ph_n, pw_n = grad_out.shape
         dtype = compute_dtype(ctx.input_dtype)
-        grad_in = torch.zeros(n_n * height * width, c_n, dtype=dtype, device=grad_out.device)  # channels last
+        grad_in = empty((n_n * height * width, c_n), dtype, grad_out.device).zero_()  # channels last
         if k_n:
             if ctx.kind == "cells":
                 cell = arg.view(-1, c_n).long()
@@ -322,8 +322,8 @@ class _RoIPoolFunction(torch.autograd.Function):
             grad = torch.where(won, grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype), 0.0)  # [K*PH*PW, C]
             # Each output sends its gradient to its first maximum (kernel order per channel).
             grad_in.scatter_add_(0, cell, grad.reshape(-1, c_n))
-        grad_in = grad_in.view(n_n, height, width, c_n).permute(0, 3, 1, 2).contiguous()
-        return grad_in.to(ctx.input_dtype), None, None, None, None
+        grad_nchw = empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
+        return grad_nchw.copy_(grad_in.view(n_n, height, width, c_n).permute(0, 3, 1, 2)), None, None, None, None
 
 
 class RoIPool(nn.Module):
