@@ -119,11 +119,6 @@ def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_m
 
 
 
-def _no_step(dtype: torch.dtype) -> int:
-    """The "no cell won" mark in the saved steps (the kernel's argmax -1): no gradient flows."""
-    return 255 if dtype == torch.uint8 else 2**31 - 1
-
-
 def _bin_extents(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Per ROI, the rows and columns of its largest bin, at least 1: ``[K]`` each."""
     hstart, hend, wstart, wend = edges
@@ -205,15 +200,14 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
 
 
 def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
-             track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor], str]:
+             track: bool) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, where each output's maximum is.
 
-    Many ROIs on a small map take :func:`_forward_maps` (kind ``"cells"``: the argmax is the input
-    cell); otherwise every cell of every bin is visited in chunks (kind ``"steps"``).
+    Many ROIs on a small map take :func:`_forward_maps`; otherwise every cell of every bin is
+    visited in chunks. Either way the saved argmax ``[K*PH*PW, C]`` (int32) is the input cell
+    ``n*H*W + h*W + w`` of each output's first maximum, or -1 when no cell beat the start value
+    (an empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
 
-    The step is ``r * bw + s`` for cell ``(hstart + r, wstart + s)``, with ``bw`` the ROI's widest
-    bin (see :func:`_bin_extents`); :func:`_no_step` means that no cell beat the start value (an
-    empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
     """
     n_n, c_n, height, width = input.shape
     k_n = rois.shape[0]
@@ -224,7 +218,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     bins = ph_n * pw_n
     arg = None
     if k_n == 0:
-        return out, arg, edges, "steps"
+        return out, arg, edges
     # The bin sizes decide how many steps to take: data-dependent, so they are read on the host
     # (a synchronisation on a GPU). ROIs are grouped by their largest bin so that small boxes do
     # not pay for the steps of large ones.
@@ -235,10 +229,8 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     bounds = [*starts.tolist(), k_n]
     groups = [(int(key) // (width + 2), int(key) % (width + 2), order[a:b])
               for key, a, b in zip(uniq.tolist(), bounds[:-1], bounds[1:], strict=True)]
-    most = max(r * s for r, s, _ in groups)
     if track:
-        step_dtype = torch.uint8 if most < _no_step(torch.uint8) else torch.int32
-        arg = torch.empty(k_n, bins, c_n, dtype=step_dtype, device=input.device)
+        arg = torch.empty(k_n, bins, c_n, dtype=torch.int32, device=input.device)
     # Channels-last copy of the input plus one sentinel row of -FLT_MAX: [N*H*W + 1, C]. NaN and
     # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
     # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
@@ -252,7 +244,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     direct_cost = sum(r * s * len(members) for r, s, members in groups) * bins
     if pairs and len(pairs) * MAP_COST * n_n * height * width < direct_cost:
         out, cells = _forward_maps(x, rois, edges, empty_bin, pairs, out, track, (n_n, height, width))
-        return out, cells, edges, "cells"
+        return out, cells, edges
     any_empty = bool(empty_bin.any())
     empty_bin = empty_bin.view(k_n, bins, 1)
     # Chunks of ROIs whose gathered cells [steps, kc*PH*PW, C] stay in the cache.
@@ -276,22 +268,25 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
             chunk = ids[a:b]
             if track:
                 # max over dim 0 returns the first maximum: the kernel's strict '>' in row-major order.
-                torch.max(cells, 0, out=(best, step_buf[:n]))
-                step = step_buf[:n].masked_fill_(best <= -_FLT_MAX, _no_step(arg.dtype))  # nothing beat the start
-                arg.index_copy_(0, chunk, step.view(b - a, bins, c_n).to(arg.dtype))
+                step = torch.max(cells, 0, out=(best, step_buf[:n]))[1]
+                # The input row read at the winning step: the cell (or the sentinel row).
+                steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
+                cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
+                cell.masked_fill_(best <= -_FLT_MAX, -1)  # nothing beat the kernel's start value
+                arg.index_copy_(0, chunk, cell.view(b - a, bins, c_n).to(torch.int32))
             else:
                 torch.amax(cells, 0, out=best)
             if any_empty:
                 best.view(b - a, bins, c_n).masked_fill_(empty_bin[chunk], 0.0)  # an empty bin is 0
             out.index_copy_(0, chunk, best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
-    return out, arg, edges, "steps"
+    return out, arg, edges
 
 
 class _RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> Tensor:
-        out, arg, edges, ctx.kind = _forward(input, rois, ph_n, pw_n, scale, track=ctx.needs_input_grad[0])
-        ctx.save_for_backward(rois, arg, *edges)
+        out, arg, _ = _forward(input, rois, ph_n, pw_n, scale, track=ctx.needs_input_grad[0])
+        ctx.save_for_backward(arg)
         ctx.input_shape = input.shape
         ctx.input_dtype = input.dtype
         return out.to(input.dtype)
@@ -299,26 +294,15 @@ class _RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        rois, arg, hstart, hend, wstart, wend = ctx.saved_tensors
+        (arg,) = ctx.saved_tensors
         n_n, c_n, height, width = ctx.input_shape
-        k_n, _, ph_n, pw_n = grad_out.shape
+        k_n = grad_out.shape[0]
         dtype = compute_dtype(ctx.input_dtype)
         grad_in = empty((n_n * height * width, c_n), dtype, grad_out.device).zero_()  # channels last
         if k_n:
-            if ctx.kind == "cells":
-                cell = arg.view(-1, c_n).long()
-                won = cell >= 0  # the kernel's argmax != -1
-            else:
-                _, bw = _bin_extents((hstart, hend, wstart, wend))
-                step = arg.view(k_n, ph_n, pw_n, c_n).long()
-                won = step != _no_step(arg.dtype)  # the kernel's argmax != -1
-                # The winning cell of each output: (hstart + r, wstart + s) with step = r * bw + s.
-                bw = bw[:, None, None, None]
-                row = hstart[:, :, None, None] + step // bw  # [K, PH, PW, C]
-                col = wstart[:, None, :, None] + step % bw
-                cell = (rois[:, 0].long()[:, None, None, None] * height + row) * width + col
-                won = won.view(-1, c_n)
-            cell = torch.where(won, cell.view(-1, c_n), 0)
+            cell = arg.view(-1, c_n).long()
+            won = cell >= 0  # the kernel's argmax != -1
+            cell = torch.where(won, cell, 0)
             grad = torch.where(won, grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype), 0.0)  # [K*PH*PW, C]
             # Each output sends its gradient to its first maximum (kernel order per channel).
             grad_in.scatter_add_(0, cell, grad.reshape(-1, c_n))
