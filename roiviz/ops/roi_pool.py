@@ -142,7 +142,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     whose first-maximum rule is the kernel's) than to visit every cell of every bin: the max of
     bin ``[hstart, hstart + a) x [wstart, wstart + b)`` is then entry ``(hstart, wstart)`` of the
     ``(a, b)`` map. ``x`` is the sanitised channels-last copy ``[N*H*W + 1, C]``; the saved
-    argmax is the input cell ``n*H*W + h*W + w`` of each output (int32), -1 for none.
+    argmax is the input cell ``n*H*W + h*W + w`` of each output (int32), ``N*H*W`` for none.
     """
     k_n, c_n, ph_n, pw_n = out.shape
     n_n, height, width = shape
@@ -154,7 +154,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     table[0].zero_()
     cells = torch.empty(1 + sum(sizes), c_n, dtype=torch.int32, device=x.device) if track else None
     if cells is not None:
-        cells[0].fill_(-1)
+        cells[0].fill_(n_n * height * width)  # no argmax: the trash row of the backward
     plane = (torch.arange(n_n, device=x.device) * (height * width))[:, None, None, None]  # [N, 1, 1, 1]
     offsets = torch.zeros(max(a for a, _ in pairs) + 1, max(b for _, b in pairs) + 1, dtype=torch.long,
                           device=x.device)
@@ -194,7 +194,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
         vals = torch.index_select(table, 0, rows, out=buf[: (b - a) * bins])
         if arg is not None:
             won = torch.index_select(cells, 0, rows, out=arg[a * bins : b * bins])
-            won.masked_fill_(vals <= -_FLT_MAX, -1)  # nothing beat the kernel's start value
+            won.masked_fill_(vals <= -_FLT_MAX, n_n * height * width)  # nothing beat the start value
         out[a:b].view(b - a, c_n, bins).copy_(vals.view(b - a, bins, c_n).transpose(1, 2))
     return out, arg
 
@@ -205,8 +205,8 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
 
     Many ROIs on a small map take :func:`_forward_maps`; otherwise every cell of every bin is
     visited in chunks. Either way the saved argmax ``[K*PH*PW, C]`` (int32) is the input cell
-    ``n*H*W + h*W + w`` of each output's first maximum, or -1 when no cell beat the start value
-    (an empty bin, or only -inf/NaN): the kernel's argmax -1, no gradient.
+    ``n*H*W + h*W + w`` of each output's first maximum, or ``N*H*W`` when no cell beat the start
+    value (an empty bin, or only -inf/NaN): the kernel's argmax -1, whose gradient is dropped.
 
     """
     n_n, c_n, height, width = input.shape
@@ -272,7 +272,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
                 # The input row read at the winning step: the cell (or the sentinel row).
                 steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
                 cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
-                cell.masked_fill_(best <= -_FLT_MAX, -1)  # nothing beat the kernel's start value
+                cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
                 arg.index_copy_(0, chunk, cell.view(b - a, bins, c_n).to(torch.int32))
             else:
                 torch.amax(cells, 0, out=best)
@@ -298,16 +298,15 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         k_n = grad_out.shape[0]
         dtype = compute_dtype(ctx.input_dtype)
-        grad_in = empty((n_n * height * width, c_n), dtype, grad_out.device).zero_()  # channels last
+        # Channels last, plus a trash row N*H*W that receives the outputs with no argmax.
+        grad_in = empty((n_n * height * width + 1, c_n), dtype, grad_out.device).zero_()
         if k_n:
-            cell = arg.view(-1, c_n).long()
-            won = cell >= 0  # the kernel's argmax != -1
-            cell = torch.where(won, cell, 0)
-            grad = torch.where(won, grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype), 0.0)  # [K*PH*PW, C]
+            grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype)  # [K*PH*PW, C]
             # Each output sends its gradient to its first maximum (kernel order per channel).
-            grad_in.scatter_add_(0, cell, grad.reshape(-1, c_n))
+            grad_in.scatter_add_(0, arg.view(-1, c_n).long(), grad)
         grad_nchw = empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
-        return grad_nchw.copy_(grad_in.view(n_n, height, width, c_n).permute(0, 3, 1, 2)), None, None, None, None
+        grad_nchw.copy_(grad_in[:-1].view(n_n, height, width, c_n).permute(0, 3, 1, 2))
+        return grad_nchw, None, None, None, None
 
 
 class RoIPool(nn.Module):
