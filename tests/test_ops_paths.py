@@ -251,7 +251,10 @@ def test_roi_pool_gradcheck_in_chunks(pool_chunks, contiguous):
 # ------------------------------------------------------------------ helpers
 
 
-def test_empty_gives_a_writable_tensor_of_the_asked_shape(monkeypatch):
+@pytest.mark.parametrize("huge_pages", ["0", "1"])
+def test_empty_gives_a_writable_tensor_of_the_asked_shape(monkeypatch, huge_pages):
+    monkeypatch.setenv("ROIVIZ_HUGE_PAGES", huge_pages)  # opt-in; read when the module loads
+    monkeypatch.setattr(_common, "_madvise", _common._load_madvise())
     monkeypatch.setattr(_common, "HUGE_PAGE_BYTES", 1)  # take the madvise branch even when small
     for shape in [(3, 5), (1 << 20,), (0, 4)]:
         t = _common.empty(shape, torch.float32, torch.device("cpu"))

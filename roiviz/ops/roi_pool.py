@@ -4,6 +4,17 @@ The box is rounded to whole cells, cut into ``PH x PW`` bins whose edges are rou
 (start down, end up, so neighbouring bins overlap), and each bin keeps its maximum. The output
 size is fixed by ``output_size`` whatever the box: it is the rounding, not the size, that ROI
 Pool gets wrong.
+
+How it is computed (both ways exact: a max has no rounding)
+-----------------------------------------------------------
+- **Many ROIs on a small map** (a detector head): one stride-1 ``max_pool2d`` of the whole map
+  per bin shape ``(a, b)`` that occurs, then one table look-up per bin (:func:`_forward_maps`).
+- **Otherwise**: ROIs grouped by their largest bin, and every cell of every bin gathered in
+  cache-sized chunks and reduced with ``amax`` / ``max`` (first maximum).
+
+A cost estimate picks one. The input's NaN and -inf are read as -FLT_MAX, the kernel's start
+value, so plain max reproduces its strict ``>``. Both read the bin sizes on the host (the loop
+bounds), which on a GPU is a synchronisation; roi_align with a fixed sampling ratio has none.
 """
 
 from __future__ import annotations
