@@ -42,7 +42,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import channels_last, empty
+from ..boxes import compute_dtype
+from ._common import empty, workspace
 
 #: Bytes of window + intermediate + result per chunk of ROIs: about one core's L2 cache (4 MiB here).
 CHUNK_BYTES = 1 << 22
@@ -199,27 +200,25 @@ def _kron(ay: Tensor, ax: Tensor) -> Tensor:
     return w.reshape(kc, sy * sx, ph_n * pw_n)
 
 
-def _buffer(size: int, like: Tensor) -> Tensor:
-    return like.new_empty(max(size, 1))
-
-
 class _RoIAlignCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
                 aligned: bool) -> Tensor:
-        _, c_n, height, width = input.shape
+        n_n, c_n, height, width = input.shape
         k_n = rois.shape[0]
         ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
-        x = channels_last(input).view(-1, c_n)  # [N*H*W, C]
+        # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
+        x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
+        x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
         out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
         ctx.plan = plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:
             return out.to(input.dtype)
         windows = _Windows(plan, width)
         sizes = [(b - a, sy, sx) for a, b, sy, sx in plan["chunks"]]
-        win_buf = _buffer(max(kc * sy * sx for kc, sy, sx in sizes) * c_n, x)
-        mid_buf = _buffer(max(kc * sx for kc, sy, sx in sizes) * c_n * ph_n, x)
-        res_buf = _buffer(max(kc for kc, _, _ in sizes) * c_n * ph_n * pw_n, x)
+        win_buf = workspace("align_window", (max(kc * sy * sx for kc, sy, sx in sizes) * c_n,), x.dtype)
+        mid_buf = workspace("align_mid", (max(kc * sx for kc, sy, sx in sizes) * c_n * ph_n,), x.dtype)
+        res_buf = workspace("align_result", (max(kc for kc, _, _ in sizes) * c_n * ph_n * pw_n,), x.dtype)
         for a, b, sy, sx in plan["chunks"]:
             kc = b - a
             win = torch.index_select(x, 0, windows(a, b, sy, sx), out=win_buf[: kc * sy * sx * c_n].view(-1, c_n))
@@ -242,7 +241,7 @@ class _RoIAlignCPU(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         plan = ctx.plan
         dtype = torch.float32 if ctx.input_dtype in (torch.float16, torch.bfloat16) else ctx.input_dtype
-        gx = empty((n_n * height * width, c_n), dtype, torch.device("cpu")).zero_()  # channels last
+        gx = workspace("align_grad", (n_n * height * width, c_n), dtype).zero_()  # channels last
         if plan is not None:
             grad = grad_out.to(dtype)
             ph_n, pw_n = grad.shape[2:]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
+import threading
 
 import torch
 
@@ -85,3 +87,38 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
         if end > start:
             _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
     return t
+
+
+_WORKSPACE = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """A scratch tensor of ``shape`` that is reused by the next call (content undefined).
+
+    Fresh memory costs a page fault per 4 KiB on first touch, which for the ROI ops' work
+    buffers (the channels-last copy of the input: 28 MB for a ``[2, 256, 100, 136]`` map) costs
+    more than the work done in them. So each thread keeps its largest buffer per ``name`` and
+    hands out views of it. Never return a workspace to a caller or save it for backward: the
+    next call overwrites it. :func:`clear_workspace` frees them.
+
+    Examples
+    --------
+    >>> a = workspace("doc", (2, 3), torch.float32)
+    >>> b = workspace("doc", (3, 2), torch.float32)
+    >>> a.data_ptr() == b.data_ptr()
+    True
+    >>> clear_workspace()
+    """
+    cache = _WORKSPACE.__dict__.setdefault("buffers", {})
+    numel = math.prod(shape)
+    key = (name, torch.device(device))
+    buf = cache.get(key)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = cache[key] = torch.empty(max(numel, 1), dtype=dtype, device=device)
+    return buf[:numel].view(shape)
+
+
+def clear_workspace() -> None:
+    """Free this thread's work buffers (see :func:`workspace`)."""
+    _WORKSPACE.__dict__.pop("buffers", None)

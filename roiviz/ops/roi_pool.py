@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..boxes import BoxesLike, compute_dtype, round_half_away
-from ._common import empty, prepare
+from ._common import empty, prepare, workspace
 
 __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
 
@@ -161,9 +161,9 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     x4 = x[: n_n * height * width].view(n_n, height, width, c_n).permute(0, 3, 1, 2)  # [N, C, H, W] channels-last
     # Table row 0: empty bins (value 0, no argmax); then each map, flattened to rows of C.
     sizes = [n_n * (height - a + 1) * (width - b + 1) for a, b in pairs]
-    table = x.new_empty(1 + sum(sizes), c_n)
+    table = workspace("pool_table", (1 + sum(sizes), c_n), x.dtype, x.device)
     table[0].zero_()
-    cells = torch.empty(1 + sum(sizes), c_n, dtype=torch.int32, device=x.device) if track else None
+    cells = workspace("pool_cells", (1 + sum(sizes), c_n), torch.int32, x.device) if track else None
     if cells is not None:
         cells[0].fill_(n_n * height * width)  # no argmax: the trash row of the backward
     plane = (torch.arange(n_n, device=x.device) * (height * width))[:, None, None, None]  # [N, 1, 1, 1]
@@ -198,7 +198,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     bins = ph_n * pw_n
     arg = torch.empty(k_n * bins, c_n, dtype=torch.int32, device=x.device) if track else None
     kc = min(k_n, max(1, CHUNK_BYTES // (2 * bins * c_n * x.element_size())))
-    buf = x.new_empty(kc * bins, c_n)
+    buf = workspace("pool_best", (kc * bins, c_n), x.dtype, x.device)
     for a in range(0, k_n, kc):
         b = min(a + kc, k_n)
         rows = at[a * bins : b * bins]
@@ -246,7 +246,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
     # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
     sentinel = n_n * height * width
-    x = empty((sentinel + 1, c_n), dtype, input.device)
+    x = workspace("pool_input", (sentinel + 1, c_n), dtype, input.device)
     x[:sentinel].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
     x[sentinel].fill_(-_FLT_MAX)
     torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
@@ -261,7 +261,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     # Chunks of ROIs whose gathered cells [steps, kc*PH*PW, C] stay in the cache.
     kc_most = max(1, CHUNK_BYTES // (bins * c_n * x.element_size()))
     need = max(r * s * min(max(1, kc_most // (r * s)), len(m)) for r, s, m in groups)
-    cells_buf = x.new_empty(need * bins, c_n)
+    cells_buf = workspace("pool_cells_visited", (need * bins, c_n), dtype, x.device)
     best_buf = x.new_empty(min(k_n, kc_most) * bins, c_n)
     step_buf = torch.empty(min(k_n, kc_most) * bins, c_n, dtype=torch.long, device=input.device) if track else None
     for r_n, s_n, members in groups:
