@@ -224,3 +224,38 @@ def test_checks_survive_python_O():
     )
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("ValueError") and "x2 < x1" in out.stdout
+
+
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align_sr2", "roi_align_adaptive"])
+@pytest.mark.parametrize("size", [(1, 3, 12, 12), (2, 64, 40, 52)], ids=["small", "large"])
+def test_interleaved_calls_do_not_share_state(op, size):
+    """Two forwards, then the backwards in reverse order: each output and gradient must be what
+    that call alone gives (no buffer reused by a later call may back a result or a saved tensor)."""
+    fn = {
+        "roi_pool": lambda t, b: roiviz.roi_pool(t, b, (5, 4), 0.25),
+        "roi_align_sr2": lambda t, b: roiviz.roi_align(t, b, (5, 4), 0.25, 2, True),
+        "roi_align_adaptive": lambda t, b: roiviz.roi_align(t, b, (5, 4), 0.25, -1, False),
+    }[op]
+    gen = torch.Generator().manual_seed(7)
+    n, c, h, w = size
+    xa = torch.randn(*size, generator=gen, requires_grad=True)
+    xb = torch.randn(*size, generator=gen, requires_grad=True)
+    xy = torch.rand(300, 2, generator=gen) * torch.tensor([w * 4.0, h * 4.0])
+    wh = torch.rand(300, 2, generator=gen) * 60
+    ba = torch.cat([torch.randint(0, n, (300, 1), generator=gen).float(), xy, xy + wh], 1)
+    bb = ba.flip(0).contiguous()
+    ga, gb = torch.randn(300, c, 5, 4, generator=gen), torch.randn(300, c, 5, 4, generator=gen)
+
+    alone_a = fn(xa, ba)
+    (grad_a,) = torch.autograd.grad((alone_a * ga).sum(), xa)
+    alone_b = fn(xb, bb)
+    (grad_b,) = torch.autograd.grad((alone_b * gb).sum(), xb)
+
+    out_a = fn(xa, ba)
+    out_b = fn(xb, bb)
+    snapshot_a = out_a.detach().clone()
+    (later_b,) = torch.autograd.grad((out_b * gb).sum(), xb)
+    (later_a,) = torch.autograd.grad((out_a * ga).sum(), xa)
+    assert torch.equal(snapshot_a, alone_a) and torch.equal(out_a, alone_a) and torch.equal(out_b, alone_b)
+    torch.testing.assert_close(later_a, grad_a, rtol=0, atol=0)
+    torch.testing.assert_close(later_b, grad_b, rtol=0, atol=0)
