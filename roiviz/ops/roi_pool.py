@@ -143,6 +143,19 @@ def _bin_shapes(edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor,
     return [(c // (width + 2), c % (width + 2)) for c in torch.unique(code[~empty_bin]).tolist()]
 
 
+def _row_maxima(x: Tensor, b: int, cache: dict[int, Tensor]) -> Tensor:
+    """``[N, H, W - b + 1, C]``: the max of cells ``w .. w + b - 1`` of each row (max is exact)."""
+    if b == 1:
+        return x
+    if b not in cache:
+        shorter = _row_maxima(x, b - 1, cache)
+        n_n, height, width, c_n = x.shape
+        wb = width - b + 1
+        out = workspace(f"pool_rows{b}", (n_n, height, wb, c_n), x.dtype, x.device)
+        cache[b] = torch.maximum(shorter[:, :, :wb], x[:, :, b - 1 : b - 1 + wb], out=out)
+    return cache[b]
+
+
 def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor,
                   pairs: list[tuple[int, int]], out: Tensor, track: bool,
                   shape: tuple[int, int, int]) -> tuple[Tensor, Tensor | None]:
@@ -170,6 +183,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     offsets = torch.zeros(max(a for a, _ in pairs) + 1, max(b for _, b in pairs) + 1, dtype=torch.long,
                           device=x.device)
     row = 1
+    row_maxima: dict[int, Tensor] = {}
     for (a, b), size in zip(pairs, sizes, strict=True):
         ha, wb = height - a + 1, width - b + 1
         dst = table[row : row + size].view(n_n, ha, wb, c_n)
@@ -180,8 +194,14 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
             pooled, index = F.max_pool2d(x4, (a, b), 1, return_indices=True)
             dst.copy_(pooled.permute(0, 2, 3, 1))
             index = index.permute(0, 2, 3, 1)
-        else:
-            dst.copy_(F.max_pool2d(x4, (a, b), 1).permute(0, 2, 3, 1))
+        else:  # no indices needed: separable running maxima, written straight into the table
+            rows_max = _row_maxima(x4.permute(0, 2, 3, 1), b, row_maxima)  # [N, H, W - b + 1, C]
+            if a == 1:
+                dst.copy_(rows_max)
+            else:
+                torch.maximum(rows_max[:, :ha], rows_max[:, 1 : 1 + ha], out=dst)
+                for i in range(2, a):
+                    torch.maximum(dst, rows_max[:, i : i + ha], out=dst)
         if cells is not None:
             cells[row : row + size].view(n_n, ha, wb, c_n).copy_(index + plane)
         offsets[a, b] = row
