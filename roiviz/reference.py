@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 
+#: C's FLT_MAX. ROI Pool starts every bin at -FLT_MAX and keeps a cell only if it is strictly
+#: greater, so a bin of -inf (or of NaN) gives -FLT_MAX, as torchvision does.
+_FLT_MAX = 3.4028234663852886e38
+
+
 def _np_dtype(dtype: torch.dtype) -> type:
     return np.float64 if compute_dtype(dtype) == torch.float64 else np.float32
 
@@ -134,7 +139,7 @@ def roi_pool(
                     hstart, hend, wstart, wend = bins[ph][pw]
                     if hend <= hstart or wend <= wstart:
                         continue  # an empty bin is defined to be 0
-                    best = -math.inf
+                    best = -_FLT_MAX  # the kernel's start value, for every dtype
                     for h in range(hstart, hend):
                         for w in range(wstart, wend):
                             v = float(x[b, c, h, w])

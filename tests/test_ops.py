@@ -259,3 +259,14 @@ def test_interleaved_calls_do_not_share_state(op, size):
     assert torch.equal(snapshot_a, alone_a) and torch.equal(out_a, alone_a) and torch.equal(out_b, alone_b)
     torch.testing.assert_close(later_a, grad_a, rtol=0, atol=0)
     torch.testing.assert_close(later_b, grad_b, rtol=0, atol=0)
+
+
+def test_convention_roi_pool_starts_at_minus_flt_max():
+    # A bin of -inf (or NaN) never beats the kernel's start value -FLT_MAX, and gets no gradient.
+    x = torch.full((1, 1, 2, 2), -torch.inf, requires_grad=True)
+    box = torch.tensor([[0, 0.0, 0.0, 1.0, 1.0]])
+    out = roiviz.roi_pool(x, box, 1)
+    assert out.item() == -torch.finfo(torch.float32).max
+    assert reference.roi_pool(x, box, 1).item() == out.item()
+    out.sum().backward()
+    assert x.grad.abs().sum() == 0
