@@ -282,8 +282,8 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     kc_most = max(1, CHUNK_BYTES // (bins * c_n * x.element_size()))
     need = max(r * s * min(max(1, kc_most // (r * s)), len(m)) for r, s, m in groups)
     cells_buf = workspace("pool_cells_visited", (need * bins, c_n), dtype, x.device)
-    best_buf = x.new_empty(min(k_n, kc_most) * bins, c_n)
-    step_buf = torch.empty(min(k_n, kc_most) * bins, c_n, dtype=torch.long, device=input.device) if track else None
+    best_buf = workspace("pool_best", (min(k_n, kc_most) * bins, c_n), dtype, x.device)
+    step_buf = workspace("pool_step", (min(k_n, kc_most) * bins, c_n), torch.long, x.device) if track else None
     for r_n, s_n, members in groups:
         steps = r_n * s_n
         ids = torch.from_numpy(members).to(input.device)
@@ -329,12 +329,18 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         k_n = grad_out.shape[0]
         dtype = compute_dtype(ctx.input_dtype)
-        # Channels last, plus a trash row N*H*W that receives the outputs with no argmax.
-        grad_in = empty((n_n * height * width + 1, c_n), dtype, grad_out.device).zero_()
+        # Channels last, plus a trash row N*H*W that receives the outputs with no argmax. It and
+        # the two copies below are work buffers (reused: fresh memory costs a page fault per 4 KiB,
+        # ~37,000 for W3, a large part of this backward's time); only grad_nchw is returned.
+        device = grad_out.device
+        grad_in = workspace("pool_grad_in", (n_n * height * width + 1, c_n), dtype, device).zero_()
         if k_n:
-            grad = grad_out.permute(0, 2, 3, 1).reshape(-1, c_n).to(dtype)  # [K*PH*PW, C]
+            rows = arg.numel() // c_n
+            grad = workspace("pool_grad_rows", (k_n, *grad_out.shape[2:], c_n), dtype, device)
+            grad.copy_(grad_out.permute(0, 2, 3, 1))  # [K, PH, PW, C]
+            index = workspace("pool_grad_index", (rows, c_n), torch.long, device).copy_(arg.view(-1, c_n))
             # Each output sends its gradient to its first maximum (kernel order per channel).
-            grad_in.scatter_add_(0, arg.view(-1, c_n).long(), grad)
+            grad_in.scatter_add_(0, index, grad.view(rows, c_n))
         grad_nchw = empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
         grad_nchw.copy_(grad_in[:-1].view(n_n, height, width, c_n).permute(0, 3, 1, 2))
         return grad_nchw, None, None, None, None
