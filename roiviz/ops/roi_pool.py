@@ -283,7 +283,13 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     need = max(r * s * min(max(1, kc_most // (r * s)), len(m)) for r, s, m in groups)
     cells_buf = workspace("pool_cells_visited", (need * bins, c_n), dtype, x.device)
     best_buf = workspace("pool_best", (min(k_n, kc_most) * bins, c_n), dtype, x.device)
-    step_buf = workspace("pool_step", (min(k_n, kc_most) * bins, c_n), torch.long, x.device) if track else None
+    if track:
+        most = (min(k_n, kc_most) * bins, c_n)
+        step_buf = workspace("pool_step", most, torch.long, x.device)
+        run_buf = workspace("pool_run", most, torch.bool, x.device)
+        below_buf = workspace("pool_below", most, torch.bool, x.device)
+        steps_most = max(r * s for r, s, _ in groups)
+        count_buf = workspace("pool_count", most, torch.uint8 if steps_most <= 256 else torch.int32, x.device)
     for r_n, s_n, members in groups:
         steps = r_n * s_n
         ids = torch.from_numpy(members).to(input.device)
@@ -298,8 +304,17 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
             best = best_buf[:n]
             chunk = ids[a:b]
             if track:
-                # max over dim 0 returns the first maximum: the kernel's strict '>' in row-major order.
-                step = torch.max(cells, 0, out=(best, step_buf[:n]))[1]
+                # The kernel's strict '>' in row-major order keeps the first maximum: its step is
+                # the number of leading steps below the maximum (cells hold no NaN). Counted with
+                # small bool / uint8 passes, ~3x cheaper than ``max`` with indices over dim 0.
+                torch.amax(cells, 0, out=best)
+                run = torch.lt(cells[0], best, out=run_buf[:n])  # still before the first maximum
+                count = count_buf[:n].copy_(run)
+                below = below_buf[:n]
+                for i in range(1, steps - 1):
+                    run.logical_and_(torch.lt(cells[i], best, out=below))
+                    count.add_(run)
+                step = step_buf[:n].copy_(count)
                 # The input row read at the winning step: the cell (or the sentinel row).
                 steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
                 cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
