@@ -239,6 +239,23 @@ def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_chunks):
     assert torch.equal(x.grad[0, 0], expected) and torch.equal(x.grad[0, 1], expected)
 
 
+def test_roi_pool_large_bins_with_ties_match_between_paths(monkeypatch):
+    # A 20x20 bin is 400 steps of the cell visit (its step counter is then int32, not uint8);
+    # few distinct values make many ties, so the first maximum must be the kernel's.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (2, 3, 24, 22), generator=gen).to(torch.float64)
+    x[0, 1, :5] = float("-inf")
+    boxes = torch.tensor([[0, 1.0, 2.0, 20.0, 21.0], [1, 0.0, 0.0, 21.0, 23.0], [0, 3.0, 0.0, 7.0, 4.0]],
+                         dtype=torch.float64)
+    results = {}
+    for path, cost in POOL_PATHS.items():
+        monkeypatch.setattr(roi_pool_module, "MAP_COST", cost)
+        results[path] = _forward_backward(roiviz.roi_pool, x, boxes, (1, 2), 1.0)
+    torch.testing.assert_close(results["cells"][0], reference.roi_pool(x, boxes, (1, 2), 1.0), rtol=0, atol=0)
+    torch.testing.assert_close(results["cells"][0], results["maps"][0], rtol=0, atol=0)
+    torch.testing.assert_close(results["cells"][1], results["maps"][1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "permuted"])
 def test_roi_pool_gradcheck_in_chunks(pool_chunks, contiguous):
     gen = torch.Generator().manual_seed(8)
