@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..boxes import compute_dtype
-from ._common import empty, workspace
+from ._common import align_geometry, empty, workspace
 
 #: Bytes of window + intermediate + result per chunk of ROIs: about one core's L2 cache (4 MiB here).
 CHUNK_BYTES = 1 << 22
@@ -124,22 +124,10 @@ def axis_weights(low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, origi
 def _plan(rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int, aligned: bool,
           height: int, width: int, c_n: int) -> dict:
     """Weights, windows and chunks of all ROIs, in window-size order (reads the boxes: CPU only)."""
-    offset = 0.5 if aligned else 0.0
-    start_w = rois[:, 1] * scale - offset  # [K]
-    start_h = rois[:, 2] * scale - offset
-    roi_w = rois[:, 3] * scale - offset - start_w
-    roi_h = rois[:, 4] * scale - offset - start_h
-    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / ph_n  # [K]
-    bin_w = roi_w / pw_n
+    start_h, start_w, bin_h, bin_w, grid_h, grid_w = align_geometry(rois, scale, ph_n, pw_n, sampling_ratio, aligned)
     if sampling_ratio > 0:
-        grid_h = grid_w = torch.full_like(roi_h, sampling_ratio)
         gh_max = gw_max = sampling_ratio
     else:
-        grid_h = torch.ceil(roi_h / ph_n)
-        grid_w = torch.ceil(roi_w / pw_n)
         gh_max = max(int(grid_h.max()), 1)  # at least one (masked) sample: grid 0 gives 0
         gw_max = max(int(grid_w.max()), 1)
     ys = axis_samples(start_h, bin_h, grid_h, gh_max, ph_n, height)

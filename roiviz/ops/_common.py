@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 import torch
 
@@ -122,3 +123,37 @@ def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype,
 def clear_workspace() -> None:
     """Free this thread's work buffers (see :func:`workspace`)."""
     _WORKSPACE.__dict__.pop("buffers", None)
+
+
+class AlignGeometry(NamedTuple):
+    """Per-ROI geometry of ROI Align, each ``Tensor[K]`` in the compute dtype."""
+
+    start_h: torch.Tensor
+    start_w: torch.Tensor
+    bin_h: torch.Tensor
+    bin_w: torch.Tensor
+    grid_h: torch.Tensor
+    grid_w: torch.Tensor
+
+
+def align_geometry(
+    rois: torch.Tensor, scale: torch.Tensor, ph_n: int, pw_n: int, sampling_ratio: int, aligned: bool
+) -> AlignGeometry:
+    """Box start, bin size and sampling grid of every ROI, in torchvision's expressions and order.
+
+    Sample ``i`` of bin ``p`` then lies at ``start + p * bin + (i + 0.5) * bin / grid``.
+    """
+    offset = 0.5 if aligned else 0.0
+    start_w = rois[:, 1] * scale - offset  # [K]
+    start_h = rois[:, 2] * scale - offset
+    roi_w = rois[:, 3] * scale - offset - start_w
+    roi_h = rois[:, 4] * scale - offset - start_h
+    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    if sampling_ratio > 0:
+        grid_h = grid_w = torch.full_like(roi_h, sampling_ratio)
+    else:
+        grid_h = torch.ceil(roi_h / ph_n)
+        grid_w = torch.ceil(roi_w / pw_n)
+    return AlignGeometry(start_h, start_w, roi_h / ph_n, roi_w / pw_n, grid_h, grid_w)

@@ -34,7 +34,7 @@ from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
 from ._align_cpu import roi_align_cpu
 from ._align_small import roi_align_small, use_small_path
-from ._common import channels_last, prepare
+from ._common import align_geometry, channels_last, prepare
 
 __all__ = ["RoIAlign", "roi_align"]
 
@@ -117,24 +117,10 @@ def _roi_align_gather(
     dtype = rois.dtype  # the compute dtype
     rois = rois.detach()  # like torchvision: no gradient for box coordinates
 
-    offset = 0.5 if aligned else 0.0
-    start_w = rois[:, 1] * scale - offset  # [K]
-    start_h = rois[:, 2] * scale - offset
-    roi_w = rois[:, 3] * scale - offset - start_w
-    roi_h = rois[:, 4] * scale - offset - start_h
-    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / ph_n  # [K]
-    bin_w = roi_w / pw_n
-
+    start_h, start_w, bin_h, bin_w, grid_h, grid_w = align_geometry(rois, scale, ph_n, pw_n, sampling_ratio, aligned)
     if sampling_ratio > 0:
-        grid_h = torch.full_like(roi_h, sampling_ratio)
-        grid_w = torch.full_like(roi_w, sampling_ratio)
         max_gh = max_gw = sampling_ratio
     else:
-        grid_h = torch.ceil(roi_h / ph_n)  # [K]
-        grid_w = torch.ceil(roi_w / pw_n)
         # Adaptive sampling: the loop bound depends on the boxes, so read it (a host sync).
         max_gh = int(grid_h.max()) if k_n else 0
         max_gw = int(grid_w.max()) if k_n else 0
