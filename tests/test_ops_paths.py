@@ -294,3 +294,14 @@ def test_axis_samples_match_the_reference_sample_points():
     ys = sorted({y for row in points for cell in row for y, _ in cell})
     assert [int(v) for v in low.flatten()] == [int(y) for y in ys]  # floor of each sample row
     assert torch.allclose(w_low + w_high, torch.full_like(w_low, 0.5))  # each sample weighs 1 / grid
+
+
+def test_gather_path_backward_works_when_nothing_is_sampled():
+    # Zero-area aligned boxes with adaptive sampling have grid 0: no sample, output 0, and the
+    # backward must still run (giving 0) on the portable path used by GPUs.
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    rois = torch.tensor([[0, 2.0, 2.0, 2.0, 2.0], [0, 1.0, 3.0, 1.0, 3.0]])
+    out = _roi_align_gather(x, rois, 2, 2, torch.tensor(1.0), -1, True)
+    assert out.abs().sum() == 0
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() == 0

@@ -130,7 +130,9 @@ def _roi_align_gather(
     batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
     ph = torch.arange(ph_n, dtype=dtype, device=input.device)
     pw = torch.arange(pw_n, dtype=dtype, device=input.device)
-    acc = x.new_zeros(k_n, ph_n, pw_n, c_n)  # [K, PH, PW, C]
+    # Zeros that are part of the graph (an empty sum of x), so that backward works, giving 0,
+    # even when no sample is taken (no boxes, or every adaptive grid is 0).
+    acc = x.new_zeros(k_n, ph_n, pw_n, c_n) + x.reshape(-1)[:0].sum()  # [K, PH, PW, C]
     for iy in range(max_gh):
         # Same expression, same order, as torchvision's kernel (so float32 is bit-exact).
         y = start_h[:, None] + ph * bin_h[:, None] + (iy + 0.5) * bin_h[:, None] / grid_h[:, None]  # [K, PH]
