@@ -270,3 +270,16 @@ def test_convention_roi_pool_starts_at_minus_flt_max():
     assert reference.roi_pool(x, box, 1).item() == out.item()
     out.sum().backward()
     assert x.grad.abs().sum() == 0
+
+
+def test_clear_workspace_frees_the_reused_buffers():
+    from roiviz.ops import _common
+
+    x = torch.randn(2, 16, 30, 30, requires_grad=True)
+    boxes = torch.tensor([[0, 1.0, 1.0, 20.0, 25.0], [1, 3.0, 0.0, 29.0, 9.0]] * 40)
+    roiviz.roi_align(x, boxes, 7, 1.0, 2, True).sum().backward()
+    assert _common._WORKSPACE.__dict__.get("buffers")  # the CPU path kept its scratch memory
+    roiviz.clear_workspace()
+    assert not _common._WORKSPACE.__dict__.get("buffers")
+    again = roiviz.roi_align(x.detach(), boxes, 7, 1.0, 2, True)  # and works after clearing
+    torch.testing.assert_close(again, roiviz.reference.roi_align(x.detach(), boxes[:2], 7, 1.0, 2, True).repeat(40, 1, 1, 1))
