@@ -183,52 +183,45 @@ def _command(pg, command: str, menu: str) -> None:
     pg.click(f'li.lm-Menu-item[data-command="{command}"]')
 
 
-def _run_all(pg) -> None:
-    """Clear every output, then Run All, retrying once when a fresh server ignores the first try."""
-    n = _n_code_cells()
-    pg.wait_for_timeout(1000)
-    for attempt in range(2):  # the stored prompts [1]..[n] must go, or "ran" would prove nothing
-        _command(pg, "editmenu:clear-all", "Edit")
-        try:
-            pg.wait_for_function(
-                "() => ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
-                ".some(e => /\\[\\d+\\]/.test(e.textContent))",
-                timeout=5000,
-            )
-            break
-        except Exception:
-            if attempt == 1:
-                raise
-            pg.wait_for_timeout(1000)
-    for attempt in range(2):
-        _command(pg, "runmenu:run-all", "Run")
-        try:
-            pg.wait_for_function(
-                "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
-                ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))",
-                timeout=5000,
-            )
-            break
-        except Exception:
-            if attempt == 1:
-                raise
-            pg.wait_for_timeout(1000)
-    # Done when every code cell shows a number (not [*], not empty) and the kernel is idle.
-    # Seen once in 8 runs: Run All stalled on a fresh server; re-issue it once before failing.
-    done = f"""() => {{
-        const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-        return p.length === {n} && p.every(e => /\\[\\d+\\]/.test(e.textContent));
-    }}"""
+def _until(pg, condition: str, timeout_ms: int, retry, what: str) -> None:
+    """Wait for the page ``condition``; if it does not come, call ``retry()`` once and wait again.
+
+    On a fresh server JupyterLab sometimes ignores a command (seen for Clear All and Run All, and
+    once, in 8 runs, a Run All that stalled midway): one retry, then fail with the prompts.
+    """
     for attempt in range(2):
         try:
-            pg.wait_for_function(done, timeout=120_000)
-            break
+            pg.wait_for_function(condition, timeout=timeout_ms)
+            return
         except Exception as err:
             status = pg.locator(".jp-Notebook-ExecutionIndicator").first.get_attribute("data-status")
             if attempt == 1:
-                raise AssertionError(f"Run All did not finish: prompts {_prompts(pg)}, kernel {status}") from err
-            print(f"Run All stalled (prompts {_prompts(pg)}, kernel {status}); running all cells again")
-            _command(pg, "runmenu:run-all", "Run")
+                raise AssertionError(f"{what}: prompts {_prompts(pg)}, kernel {status}") from err
+            print(f"{what} (prompts {_prompts(pg)}, kernel {status}); trying once more")
+            pg.wait_for_timeout(1000)
+            retry()
+
+
+def _run_all(pg) -> None:
+    """Clear every output, then Run All, and wait until every cell has run."""
+    prompts = "[...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+    cleared = f"() => !{prompts}.some(e => /\\[\\d+\\]/.test(e.textContent))"
+    started = f"() => {prompts}.some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+    # Done when every code cell shows a number (not [*], not empty).
+    done = f"() => {{ const p = {prompts}; return p.length === {_n_code_cells()} && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }}"
+
+    def clear_all() -> None:
+        _command(pg, "editmenu:clear-all", "Edit")
+
+    def run_all() -> None:
+        _command(pg, "runmenu:run-all", "Run")
+
+    pg.wait_for_timeout(1000)
+    clear_all()  # the stored prompts [1]..[n] must go, or "ran" would prove nothing
+    _until(pg, cleared, 5000, clear_all, "Clear All had no effect")
+    run_all()
+    _until(pg, started, 5000, run_all, "Run All did not start")
+    _until(pg, done, 120_000, run_all, "Run All did not finish")
     pg.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
     errors = pg.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     assert errors.count() == 0, "a cell wrote to stderr:\n" + "\n".join(errors.all_inner_texts())
