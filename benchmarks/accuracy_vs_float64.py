@@ -1,8 +1,9 @@
 """Accuracy, not speed: roiviz's and torchvision's float32 roi_align against the float64 result.
 
-roiviz's CPU roi_align sums in matrix-product order, torchvision's kernel sequentially, so their
-float32 results differ by a few ulp. This script shows how that difference compares with each
-one's own float32 error (distance to the same computation in float64 on the same input).
+roiviz's CPU roi_align forward sums in matrix-product order, torchvision's kernel sequentially,
+so their float32 outputs differ by a few ulp. This script shows how that difference compares with
+each one's own float32 error (distance to the same computation in float64 on the same input).
+The input gradient sums torchvision's terms in torchvision's order: its difference should be 0.
 
 Run in an environment with torchvision:
     PYTHONPATH=. <venv with torchvision>/bin/python benchmarks/accuracy_vs_float64.py

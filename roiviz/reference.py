@@ -35,6 +35,7 @@ __all__ = [
     "pad_to_max",
     "resize",
     "roi_align",
+    "roi_align_backward",
     "roi_align_sample_points",
     "roi_pool",
     "roi_pool_bins",
@@ -277,6 +278,50 @@ def roi_align(
                                       + f(w3) * plane[r3, c3] + f(w4) * plane[r4, c4])
                     out[k, c, ph, pw] = float(total / f(count))
     return out.to(input.device)
+
+
+def roi_align_backward(
+    input: torch.Tensor, boxes: BoxesLike, grad_output: torch.Tensor, spatial_scale: float = 1.0,
+    sampling_ratio: int = -1, aligned: bool = False,
+) -> torch.Tensor:
+    """Reference gradient of :func:`roi_align` with respect to ``input``, in torchvision's order.
+
+    Every output element ``(k, c, ph, pw)`` sends ``grad * w / count`` to each tap of each of
+    its samples, one addition at a time, in the order ``(k, ph, pw, iy, ix, tap)`` per input
+    cell: the order of torchvision's CPU kernel, so the float32 result is bit-identical to it.
+    ``input`` gives the shape and dtype (its values are not used: ROI Align is linear in them);
+    the output size is ``grad_output``'s.
+
+    Examples
+    --------
+    One bin of a 2x2 grid over a 4x4 map: each of the four samples spreads 1/4 over its taps.
+
+    >>> x = torch.zeros(1, 1, 4, 4)
+    >>> g = roi_align_backward(x, torch.tensor([[0, 0., 0., 4., 4.]]), torch.ones(1, 1, 1, 1), 1.0, 2, True)
+    >>> g[0, 0, 0]
+    tensor([0.0625, 0.0625, 0.0625, 0.0625])
+    """
+    input, rois, _, _, scale = _prepare(input, boxes, 1, spatial_scale)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    aligned = check_aligned(aligned)
+    k_n, (n_n, c_n, height, width) = rois.shape[0], input.shape
+    if grad_output.dim() != 4 or grad_output.shape[:2] != (k_n, c_n):
+        raise ValueError(f"grad_output must have shape [{k_n}, {c_n}, PH, PW], got {list(grad_output.shape)}")
+    ph_n, pw_n = grad_output.shape[2:]
+    f = _np_dtype(input.dtype)
+    grad = np.zeros((n_n, c_n, height, width), dtype=f)
+    g_out = grad_output.detach().cpu().to(compute_dtype(input.dtype)).numpy()
+    for k in range(k_n):
+        b = int(rois[k, 0])
+        points, count = roi_align_sample_points(rois[k].cpu(), ph_n, pw_n, scale, sampling_ratio, aligned, input.dtype)
+        for c in range(c_n):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    g = g_out[k, c, ph, pw]
+                    for y, x in points[ph][pw]:
+                        for row, col, w in bilinear_interpolate(input[0, 0], y, x, input.dtype):
+                            grad[b, c, row, col] += g * f(w) / f(count)  # one rounded add per term
+    return torch.from_numpy(grad).to(input.dtype).to(input.device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import roiviz
 from roiviz import reference
-from roiviz.ops import _align_cpu, _align_small, _common
+from roiviz.ops import _align_cpu, _align_grad, _align_small, _common
 from roiviz.ops._common import prepare
 from roiviz.ops.roi_align import _roi_align_gather
 
@@ -72,6 +72,7 @@ def cpu_plan(request, monkeypatch):
     monkeypatch.setattr(_align_small, "SMALL_WORK", 1 << 62 if request.param == "small" else -1)
     if "chunk" in request.param:
         monkeypatch.setattr(_align_cpu, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(_align_grad, "CHUNK_BYTES", 1)
         monkeypatch.setattr(_align_cpu, "KRON_FACTOR", 1e9 if "kron" in request.param else 0.0)
     return request.param
 
@@ -96,6 +97,27 @@ def test_roi_align_cpu_paths_match_gather_path_and_reference(case, sampling_rati
             torch.testing.assert_close(grad, grad_g, **TOLERANCES[torch.float32])
     finally:
         _align_small.SMALL_WORK = saved
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), sampling_ratio=st.sampled_from([-1, 1, 2, 3]),
+       aligned=st.booleans(), path=st.sampled_from(["window", "small"]), chunk_bytes=st.sampled_from([1, 1 << 22]))
+def test_roi_align_cpu_gradient_is_the_reference_bit_for_bit(case, sampling_ratio, aligned, path, chunk_bytes):
+    """The CPU input gradient adds torchvision's terms in torchvision's order: equal to the loops."""
+    x, boxes, output_size, scale = case
+    args = (boxes, output_size, scale, sampling_ratio, aligned)
+    saved = _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES
+    try:
+        _align_small.SMALL_WORK = 1 << 62 if path == "small" else -1
+        _align_grad.CHUNK_BYTES = chunk_bytes  # 1: one ROI per chunk
+        xg = x.detach().requires_grad_(True)
+        out = roiviz.roi_align(xg, *args)
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+        (grad,) = torch.autograd.grad(out, xg, weight)
+    finally:
+        _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES = saved
+    expected = reference.roi_align_backward(x, boxes, weight, scale, sampling_ratio, aligned)
+    assert torch.equal(grad, expected), (grad - expected).abs().max()
 
 
 @pytest.mark.parametrize(("sampling_ratio", "aligned"), [(2, True), (-1, True), (1, False), (-1, False)])

@@ -18,15 +18,15 @@ as two products (fewer flops for large windows); :func:`_use_kron` picks one. Bo
 ``[C, PH, PW]`` directly (the operands are passed transposed, never copied). ROIs are sorted by
 window size and processed in chunks that stay in the cache, through work buffers allocated once
 per call (fresh memory costs a page fault per 4 KiB, more than the arithmetic on it). The
-backward pass is the transposed products followed by one ``index_add_`` of the window
-gradients: no per-channel recomputation.
+backward pass is :func:`roiviz.ops._align_grad.roi_align_input_grad`, which adds the very
+terms of torchvision's kernel in its order (bit-exact), not the transposed products.
 
 What it costs in exactness
 --------------------------
 The sample coordinates and 1-D weights are computed with torchvision's float expressions, but
-the sums are done in GEMM order, so float32 results differ from torchvision by a few ulp
-(about ``1e-7`` relative) instead of being bit-identical; :mod:`roiviz.reference` remains the
-bit-exact statement of the algorithm.
+the forward sums are done in GEMM order, so float32 outputs differ from torchvision by a few
+ulp (about ``1e-7`` relative) instead of being bit-identical; :mod:`roiviz.reference` remains
+the bit-exact statement of the algorithm. The input gradient is bit-identical.
 
 Synchronisation
 ---------------
@@ -43,7 +43,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..boxes import compute_dtype
-from ._common import align_geometry, empty, workspace
+from ._align_grad import roi_align_input_grad
+from ._common import align_geometry, empty, interpolation_1d, sample_coords, workspace
 
 #: Bytes of window + intermediate + result per chunk of ROIs: about one core's L2 cache (4 MiB here).
 CHUNK_BYTES = 1 << 22
@@ -87,23 +88,12 @@ def axis_samples(
     >>> low, high, w_low, w_high, origin, extent
     (tensor([[[0, 1]]]), tensor([[[1, 2]]]), tensor([[[0.2500, 0.2500]]]), tensor([[[0.2500, 0.2500]]]), tensor([0]), tensor([3]))
     """
-    dtype = start.dtype
-    p = torch.arange(n_bins, dtype=dtype)[:, None]  # [P, 1]
-    i = torch.arange(g_max)  # [G]
-    b3 = bin_size[:, None, None]
-    # torchvision's expression, in its order: start + p * bin + (i + .5) * bin / grid.
-    coord = start[:, None, None] + p * b3 + (i.to(dtype) + 0.5) * b3 / grid[:, None, None]  # [K, P, G]
-    ok = (coord >= -1.0) & (coord <= size) & (i < grid[:, None, None])  # [K, P, G]
-    # Masked samples (outside, or beyond an adaptive grid where coord may be inf/NaN) -> 0.
-    c = torch.where(ok, coord, 0.0).clamp_(min=0.0)
-    low = c.long()  # truncation == floor for c >= 0
-    at_end = low >= size - 1
-    low = torch.where(at_end, size - 1, low)
-    high = torch.where(at_end, low, low + 1)
-    lo_w = torch.where(at_end, 0.0, c - low.to(dtype))  # the kernel sets c = low at the end
+    coord = sample_coords(start, bin_size, grid, g_max, n_bins)  # [K, P, G]
+    inside, low, high, lo_w, hi_w = interpolation_1d(coord, size)
+    ok = inside & (torch.arange(g_max) < grid[:, None, None])  # samples beyond an adaptive grid do not count
     inv = (1.0 / grid.clamp(min=1.0))[:, None, None]
     w_high = torch.where(ok, lo_w * inv, 0.0)
-    w_low = torch.where(ok, (1.0 - lo_w) * inv, 0.0)
+    w_low = torch.where(ok, hi_w * inv, 0.0)
     origin = torch.where(ok, low, size).flatten(1).amin(1)  # [K]
     last = torch.where(ok, high, -1).flatten(1).amax(1)
     touched = last >= 0
@@ -195,11 +185,13 @@ class _RoIAlignCPU(torch.autograd.Function):
         n_n, c_n, height, width = input.shape
         k_n = rois.shape[0]
         ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+        ctx.save_for_backward(rois)
+        ctx.args = (scale, sampling_ratio, aligned)
         # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
         x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
         x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
         out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
-        ctx.plan = plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
+        plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:
             return out.to(input.dtype)
         windows = _Windows(plan, width)
@@ -226,24 +218,7 @@ class _RoIAlignCPU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        n_n, c_n, height, width = ctx.input_shape
-        plan = ctx.plan
-        dtype = torch.float32 if ctx.input_dtype in (torch.float16, torch.bfloat16) else ctx.input_dtype
-        gx = workspace("align_grad", (n_n * height * width, c_n), dtype).zero_()  # channels last
-        if plan is not None:
-            grad = grad_out.to(dtype)
-            ph_n, pw_n = grad.shape[2:]
-            windows = _Windows(plan, width)
-            for a, b, sy, sx in plan["chunks"]:
-                kc = b - a
-                g = grad.index_select(0, plan["order"][a:b]).view(kc, c_n * ph_n, pw_n)  # [kc, (C, PH), PW]
-                ay, ax = plan["ay"][a:b, :, :sy], plan["ax"][a:b, :, :sx]
-                if _use_kron(sy, sx, ph_n, pw_n):
-                    gwin = torch.bmm(_kron(ay, ax), g.view(kc, c_n, ph_n * pw_n).transpose(1, 2))  # [kc, Sy*Sx, C]
-                else:
-                    gmid = torch.bmm(ax.transpose(1, 2), g.transpose(1, 2))  # [kc, Sx, (C, PH)]
-                    gwin = torch.bmm(ay.transpose(1, 2), gmid.view(kc, sx * c_n, ph_n).transpose(1, 2))  # [kc, Sy, (Sx, C)]
-                gx.index_add_(0, windows(a, b, sy, sx), gwin.reshape(-1, c_n))
-        grad_in = empty((n_n, c_n, height, width), ctx.input_dtype, gx.device)
-        grad_in.copy_(gx.view(n_n, height, width, c_n).permute(0, 3, 1, 2))
+        (rois,) = ctx.saved_tensors
+        dtype = compute_dtype(ctx.input_dtype)
+        grad_in = roi_align_input_grad(grad_out.to(dtype), rois, ctx.input_shape, *ctx.args, out_dtype=ctx.input_dtype)
         return grad_in, None, None, None, None, None, None

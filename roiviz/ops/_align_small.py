@@ -5,8 +5,10 @@ mouse move) the arithmetic is negligible and the time goes to dispatching PyTorc
 (a few microseconds each). So this path spends as few operations as possible: both axes are
 handled at once as one ``[K, 2, P, G]`` tensor, the separable weights become two dense matrices
 ``ay [K, PH, H]`` and ``ax [K, PW, W]`` over the whole map, and the output is
-``ay @ X[batch] @ ax^T`` (two batched products). Autograd differentiates it (two matmuls and an index). No host read
-with a fixed ``sampling_ratio``; the adaptive grid reads its largest grid size.
+``ay @ X[batch] @ ax^T`` (two batched products). The backward is the CPU path's
+(:func:`roiviz.ops._align_grad.roi_align_input_grad`: torchvision's terms in its order,
+bit-exact). No host read with a fixed ``sampling_ratio``; the adaptive grid reads its
+largest grid size.
 
 The cost grows with ``K * C * H * W``, so :func:`use_small_path` keeps it for small problems.
 """
@@ -17,7 +19,9 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from ._align_grad import roi_align_input_grad
 from ._common import channels_last
 
 #: Largest ``K * C * H * W * max(PH, PW)`` handled here (beyond it the window path wins).
@@ -45,6 +49,30 @@ def roi_align_small(
     input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int, aligned: bool
 ) -> Tensor:
     """``roi_align`` through whole-map matrices (arguments already checked)."""
+    return _RoIAlignSmall.apply(input, rois.detach(), ph_n, pw_n, scale, sampling_ratio, aligned)
+
+
+class _RoIAlignSmall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
+                aligned: bool) -> Tensor:
+        ctx.save_for_backward(rois)
+        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+        ctx.args = (scale, sampling_ratio, aligned)
+        return _forward(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (rois,) = ctx.saved_tensors
+        grad_in = roi_align_input_grad(grad_out.to(rois.dtype), rois, ctx.input_shape, *ctx.args,
+                                       out_dtype=ctx.input_dtype)
+        return grad_in, None, None, None, None, None, None
+
+
+def _forward(
+    input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int, aligned: bool
+) -> Tensor:
     k_n, c_n, height, width = rois.shape[0], *input.shape[1:]
     dtype = rois.dtype
     # Columns (y1, x1, y2, x2): axis 0 is y (height, PH bins), axis 1 is x (width, PW bins).

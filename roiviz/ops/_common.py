@@ -168,3 +168,53 @@ def align_geometry(
         grid_h = torch.ceil(roi_h / ph_n)
         grid_w = torch.ceil(roi_w / pw_n)
     return AlignGeometry(start_h, start_w, roi_h / ph_n, roi_w / pw_n, grid_h, grid_w)
+
+
+def sample_coords(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, g_max: int,
+                  n_bins: int) -> torch.Tensor:
+    """``[K, n_bins, g_max]``: where ROI Align samples along one axis, in torchvision's order.
+
+    Sample ``i`` of bin ``p`` lies at ``start + p * bin + (i + 0.5) * bin / grid``, evaluated
+    left to right as the kernel does (so float32 coordinates are bit-identical). Samples with
+    ``i >= grid`` are computed too; callers mask them.
+
+    Examples
+    --------
+    >>> sample_coords(torch.tensor([0.]), torch.tensor([2.]), torch.tensor([2.]), 2, 2)
+    tensor([[[0.5000, 1.5000],
+             [2.5000, 3.5000]]])
+    """
+    p = torch.arange(n_bins, dtype=start.dtype, device=start.device)[:, None]  # [P, 1]
+    half = torch.arange(g_max, dtype=start.dtype, device=start.device) + 0.5  # [G]: (i + .5)
+    b3 = bin_size[:, None, None]
+    return start[:, None, None] + p * b3 + half * b3 / grid[:, None, None]
+
+
+def interpolation_1d(
+    coord: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's bilinear rule along one axis of ``size`` cells.
+
+    Returns ``(inside, low, high, l, h)``: whether the coordinate is within ``[-1, size]``,
+    the two neighbouring indices and their weights ``l = c - low`` and ``h = 1 - l`` (the
+    coordinate clamped to ``[0, size - 1]`` first, as the kernel does).
+
+    Examples
+    --------
+    >>> inside, low, high, l, h = interpolation_1d(torch.tensor([-2.0, 0.25, 3.5]), 4)
+    >>> inside.tolist(), low.tolist(), high.tolist(), l.tolist(), h.tolist()
+    ([False, True, True], [0, 0, 3], [1, 1, 3], [0.0, 0.25, 0.0], [1.0, 0.75, 1.0])
+    """
+    inside = (coord >= -1.0) & (coord <= size)
+    # Outside samples are masked by the caller; zero them so that far-away or NaN coordinates
+    # (0/0 when an adaptive grid is empty) cannot overflow the integer cast below.
+    c = torch.where(inside, coord, torch.zeros_like(coord)).clamp(min=0.0)
+    low = c.long()  # truncation == floor for c >= 0
+    at_end = low >= size - 1
+    low = torch.where(at_end, torch.full_like(low, size - 1), low)
+    high = torch.where(at_end, low, low + 1)
+    c = torch.where(at_end, low.to(c.dtype), c)
+    lo_w = c - low.to(c.dtype)
+    hi_w = 1.0 - lo_w
+    return inside, low, high, lo_w, hi_w
+

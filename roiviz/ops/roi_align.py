@@ -6,12 +6,14 @@ inside the bin; nothing is rounded, so the output moves smoothly with the box.
 Three implementations, one result
 ---------------------------------
 - **CPU tensors** take :mod:`roiviz.ops._align_cpu`: the weights are separable, so each ROI is
-  two small matrix products over the window of cells it touches, with a custom backward. Its
-  float32 results differ from torchvision's by a few ulp (sums in GEMM order); it reads the
-  boxes on the host to plan its chunks, which on the CPU costs nothing.
+  two small matrix products over the window of cells it touches. Its float32 outputs differ
+  from torchvision's by a few ulp (sums in GEMM order); it reads the boxes on the host to plan
+  its chunks, which on the CPU costs nothing.
 - **Small CPU inputs** (a few boxes on a small map: the notebooks and the Explorer) take
   :mod:`roiviz.ops._align_small`, the same separable weights as whole-map matrices in as few
   operations as possible, because there the time goes to dispatching operations.
+- Both CPU paths share one backward, :mod:`roiviz.ops._align_grad`: torchvision's terms added
+  in torchvision's order, so the CPU input gradient is bit-identical to torchvision's.
 - **Other devices** take :func:`_roi_align_gather`, which gathers the four taps of every sample
   in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
 
@@ -34,7 +36,7 @@ from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
 from ._align_cpu import roi_align_cpu
 from ._align_small import roi_align_small, use_small_path
-from ._common import align_geometry, channels_last, prepare
+from ._common import align_geometry, channels_last, interpolation_1d, prepare
 
 __all__ = ["RoIAlign", "roi_align"]
 
@@ -136,11 +138,11 @@ def _roi_align_gather(
     for iy in range(max_gh):
         # Same expression, same order, as torchvision's kernel (so float32 is bit-exact).
         y = start_h[:, None] + ph * bin_h[:, None] + (iy + 0.5) * bin_h[:, None] / grid_h[:, None]  # [K, PH]
-        y_ok, y_lo, y_hi, ly, hy = _interpolation_1d(y, height)
+        y_ok, y_lo, y_hi, ly, hy = interpolation_1d(y, height)
         y_ok = y_ok & (iy < grid_h)[:, None]
         for ix in range(max_gw):
             xx = start_w[:, None] + pw * bin_w[:, None] + (ix + 0.5) * bin_w[:, None] / grid_w[:, None]  # [K, PW]
-            x_ok, x_lo, x_hi, lx, hx = _interpolation_1d(xx, width)
+            x_ok, x_lo, x_hi, lx, hx = interpolation_1d(xx, width)
             x_ok = x_ok & (ix < grid_w)[:, None]
             ok = (y_ok[:, :, None] & x_ok[:, None, :]).to(dtype)[..., None]  # [K, PH, PW, 1]
             w1 = (hy[:, :, None] * hx[:, None, :])[..., None] * ok
@@ -153,28 +155,6 @@ def _roi_align_gather(
                          + w3 * x[batch, r_hi, c_lo] + w4 * x[batch, r_hi, c_hi])  # [K, PH, PW, C]
     out = acc / count[:, None, None, None]
     return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)  # [K, C, PH, PW]
-
-
-def _interpolation_1d(
-    coord: Tensor, size: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's bilinear rule along one axis.
-
-    Returns ``(inside, low, high, l, h)``: whether the coordinate is within ``[-1, size]``,
-    the two neighbouring indices and their weights ``l = c - low`` and ``h = 1 - l``.
-    """
-    inside = (coord >= -1.0) & (coord <= size)
-    # Outside samples are masked by the caller; zero them so that far-away or NaN coordinates
-    # (0/0 when an adaptive grid is empty) cannot overflow the integer cast below.
-    c = torch.where(inside, coord, torch.zeros_like(coord)).clamp(min=0.0)
-    low = c.long()  # truncation == floor for c >= 0
-    at_end = low >= size - 1
-    low = torch.where(at_end, torch.full_like(low, size - 1), low)
-    high = torch.where(at_end, low, low + 1)
-    c = torch.where(at_end, low.to(c.dtype), c)
-    lo_w = c - low.to(c.dtype)
-    hi_w = 1.0 - lo_w
-    return inside, low, high, lo_w, hi_w
 
 
 class RoIAlign(nn.Module):

@@ -1,0 +1,136 @@
+"""The input gradient of ROI Align, bit for bit as torchvision's CPU kernel computes it.
+
+A float sum depends on the order of its terms. torchvision's CPU backward visits the output
+elements ``(k, c, ph, pw)`` in order and, for each sample ``(iy, ix)`` of the bin, adds
+``grad * w / count`` to each of the sample's four taps, ``(y_low, x_low)``, ``(y_low, x_high)``,
+``(y_high, x_low)``, ``(y_high, x_high)``: one rounded float addition per term. So cell
+``(c, y, x)`` of the input gradient is the running sum of its terms in the order
+``(k, ph, pw, iy, ix, tap)``. We add the very same terms in the very same order:
+
+1. **Entries**: for every ``(k, ph, pw, iy, ix, tap)`` the destination cell and the weight ``w``
+   (the product of the two 1-D weights, as the kernel forms it), laid out
+   ``[K, PH * PW * GH * GW * 4]`` -- torchvision's order, flattened. Samples the kernel skips
+   (outside the map, or beyond an adaptive grid) go to spare rows that are thrown away.
+2. **Terms**: per chunk of consecutive ROIs, one broadcast product
+   ``grad[k, ph, pw, :] * w`` gives the ``[entries, C]`` terms (channels last).
+3. **Sums**: one ``scatter_add_`` per chunk into the channels-last gradient. On the CPU it
+   adds, for every destination row, the source rows in their order (tested against plain
+   loops in :func:`roiviz.reference.roi_align_backward`), and the chunks run in ROI order.
+
+The division by ``count = grid_h * grid_w``: when every count is a power of two (any
+``sampling_ratio`` of 1, 2, 4, ..., and the adaptive grids of usual boxes) it is folded into the
+weights, ``g * (w / count)``, which rounds to the same float as ``(g * w) / count`` unless the
+term is below ``FLT_MIN`` (1.2e-38; then it may differ in the last bit of a subnormal number).
+Other counts are divided term by term, exactly as the kernel does.
+
+It costs ``4 * GH * GW`` channel vectors per output bin, written once and read once: more
+memory traffic than the separable window products of the forward pass, which is the price of
+summing in torchvision's order (about 2x the time of the matrix form on the detector
+workload, still several times faster than the kernel, see ``docs/benchmarks.md``). On a GPU,
+``scatter_add_`` uses atomic additions whose order varies, so this exactness is a CPU property.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._common import align_geometry, empty, interpolation_1d, sample_coords, workspace
+
+#: Bytes of terms per chunk of ROIs (measured: 256 KiB to 16 MiB all perform alike here).
+CHUNK_BYTES = 1 << 22
+#: Spare rows that receive the skipped samples, spread so that no single row is a hot spot.
+SPARE_ROWS = 64
+
+
+def _axis_taps(start: Tensor, bin_size: Tensor, grid: Tensor, g_max: int, n_bins: int,
+               size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(cells, weights, ok)`` along one axis: ``[K, n_bins, g_max, 2]`` for (low, high) taps."""
+    coord = sample_coords(start, bin_size, grid, g_max, n_bins)  # [K, P, G]
+    inside, low, high, lo_w, hi_w = interpolation_1d(coord, size)
+    ok = inside & (torch.arange(g_max, device=start.device) < grid[:, None, None])
+    return torch.stack([low, high], -1), torch.stack([hi_w, lo_w], -1), ok
+
+
+def roi_align_input_grad(
+    grad_out: Tensor, rois: Tensor, input_shape: tuple[int, int, int, int], scale: Tensor,
+    sampling_ratio: int, aligned: bool, out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The gradient of ``roi_align`` with respect to its input, summed in torchvision's order.
+
+    Parameters
+    ----------
+    grad_out : Tensor[K, C, PH, PW]
+        Gradient of the output, in the compute dtype (float32 or float64).
+    rois : Tensor[K, 5]
+        Checked boxes in the compute dtype.
+    input_shape : (N, C, H, W)
+    scale : Tensor
+        0-dim spatial scale in the compute dtype.
+    sampling_ratio : int
+    aligned : bool
+    out_dtype : torch.dtype, optional
+        dtype of the result (the input's, e.g. float16); default ``grad_out``'s.
+
+    Returns
+    -------
+    Tensor[N, C, H, W]
+        A fresh contiguous tensor.
+
+    Examples
+    --------
+    One 2x2 bin average of a 4x4 map: each of the four samples spreads 1/4 over its taps.
+
+    >>> rois = torch.tensor([[0, 0., 0., 4., 4.]])
+    >>> g = roi_align_input_grad(torch.ones(1, 1, 1, 1), rois, (1, 1, 4, 4), torch.tensor(1.0), 2, True)
+    >>> g[0, 0]
+    tensor([[0.0625, 0.0625, 0.0625, 0.0625],
+            [0.0625, 0.0625, 0.0625, 0.0625],
+            [0.0625, 0.0625, 0.0625, 0.0625],
+            [0.0625, 0.0625, 0.0625, 0.0625]])
+    """
+    n_n, c_n, height, width = input_shape
+    k_n, _, ph_n, pw_n = grad_out.shape
+    dtype, device = grad_out.dtype, grad_out.device
+    cells = n_n * height * width
+    # Channels last plus the spare rows; a reused buffer (fresh memory costs a page fault per 4 KiB).
+    grad_in = workspace("align_grad_in", (cells + SPARE_ROWS, c_n), dtype, device).zero_()
+    if k_n:
+        g = align_geometry(rois, scale, ph_n, pw_n, sampling_ratio, aligned)
+        if sampling_ratio > 0:
+            gh_max = gw_max = sampling_ratio
+        else:  # the adaptive loop bound is read on the host
+            gh_max, gw_max = max(int(g.grid_h.max()), 1), max(int(g.grid_w.max()), 1)
+        ty, wy, oky = _axis_taps(g.start_h, g.bin_h, g.grid_h, gh_max, ph_n, height)  # [K, PH, GH, 2]
+        tx, wx, okx = _axis_taps(g.start_w, g.bin_w, g.grid_w, gw_max, pw_n, width)  # [K, PW, GW, 2]
+        # Entries [K, PH, PW, GH, GW, 2 (y tap), 2 (x tap)]: torchvision's order.
+        shape_y, shape_x = (k_n, ph_n, 1, gh_max, 1, 2, 1), (k_n, 1, pw_n, 1, gw_max, 1, 2)
+        base = rois[:, 0].long().view(k_n, 1, 1, 1, 1, 1, 1) * height
+        dest = (base + ty.view(shape_y)) * width + tx.view(shape_x)
+        weight = wy.view(shape_y) * wx.view(shape_x)  # hy * hx, hy * lx, ly * hx, ly * lx
+        ok = oky.view(*shape_y[:-2], 1, 1) & okx.view(*shape_x[:-2], 1, 1)
+        spare = cells + torch.arange(dest[0].numel(), device=device).view(dest.shape[1:]) % SPARE_ROWS
+        dest = torch.where(ok, dest, spare).view(k_n, -1)
+        count = (g.grid_h * g.grid_w).clamp(min=1.0)  # [K]
+        power_of_two = torch.frexp(count).mantissa == 0.5
+        # Fold count into the weight where that is exact; divide the terms where it is not.
+        fold = torch.where(power_of_two, count, 1.0)
+        weight = (torch.where(ok, weight, 0.0) / fold.view(k_n, 1, 1, 1, 1, 1, 1)).view(k_n, ph_n * pw_n, -1, 1)
+        divide = (~power_of_two).cpu().numpy()
+        divisor = torch.where(power_of_two, 1.0, count).view(k_n, 1, 1, 1)
+        taps = weight.shape[2]
+
+        rows = workspace("align_grad_rows", (k_n, ph_n, pw_n, c_n), dtype, device)
+        rows = rows.copy_(grad_out.permute(0, 2, 3, 1)).view(k_n, ph_n * pw_n, 1, c_n)
+        kc = max(1, CHUNK_BYTES // (ph_n * pw_n * taps * c_n * grad_out.element_size()))
+        buf = workspace("align_grad_terms", (min(kc, k_n), ph_n * pw_n, taps, c_n), dtype, device)
+        for a in range(0, k_n, kc):
+            b = min(a + kc, k_n)
+            terms = torch.mul(rows[a:b], weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
+            if np.any(divide[a:b]):
+                terms.div_(divisor[a:b])
+            index = dest[a:b].view(-1, 1)
+            grad_in.scatter_add_(0, index.expand(index.shape[0], c_n), terms.view(-1, c_n))
+    result = empty(input_shape, out_dtype or dtype, device)
+    return result.copy_(grad_in[:cells].view(n_n, height, width, c_n).permute(0, 3, 1, 2))
