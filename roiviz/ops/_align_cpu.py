@@ -44,7 +44,14 @@ from torch.autograd.function import once_differentiable
 
 from ..boxes import compute_dtype
 from ._align_grad import roi_align_input_grad
-from ._common import align_geometry, empty, interpolation_1d, sample_coords, workspace
+from ._common import (
+    align_geometry,
+    empty,
+    interpolation_1d,
+    sample_coords,
+    to_channels_last,
+    workspace,
+)
 
 #: Bytes of window + intermediate + result per chunk of ROIs: about one core's L2 cache (4 MiB here).
 CHUNK_BYTES = 1 << 22
@@ -189,7 +196,7 @@ class _RoIAlignCPU(torch.autograd.Function):
         ctx.args = (scale, sampling_ratio, aligned)
         # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
         x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
-        x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
+        x = to_channels_last(input, x).view(-1, c_n)
         out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
         plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:

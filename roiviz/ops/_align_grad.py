@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import align_geometry, empty, interpolation_1d, sample_coords, workspace
+from ._common import (
+    align_geometry,
+    empty,
+    from_channels_last,
+    interpolation_1d,
+    sample_coords,
+    workspace,
+)
 
 #: Bytes of terms per chunk of ROIs (measured: 256 KiB to 16 MiB all perform alike here).
 CHUNK_BYTES = 1 << 22
@@ -121,16 +128,17 @@ def roi_align_input_grad(
         divisor = torch.where(power_of_two, 1.0, count).view(k_n, 1, 1, 1)
         taps = weight.shape[2]
 
-        rows = workspace("align_grad_rows", (k_n, ph_n, pw_n, c_n), dtype, device)
-        rows = rows.copy_(grad_out.permute(0, 2, 3, 1)).view(k_n, ph_n * pw_n, 1, c_n)
         kc = max(1, CHUNK_BYTES // (ph_n * pw_n * taps * c_n * grad_out.element_size()))
         buf = workspace("align_grad_terms", (min(kc, k_n), ph_n * pw_n, taps, c_n), dtype, device)
+        rows_buf = workspace("align_grad_rows", (min(kc, k_n), ph_n * pw_n, c_n), dtype, device)
+        grad_bins = grad_out.reshape(k_n, c_n, ph_n * pw_n).transpose(1, 2)  # [K, PH*PW, C], a view
         for a in range(0, k_n, kc):
             b = min(a + kc, k_n)
-            terms = torch.mul(rows[a:b], weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
+            # The chunk's output gradient, channels last: copied per chunk, so it stays in the cache.
+            rows = rows_buf[: b - a].copy_(grad_bins[a:b])[:, :, None, :]  # [kc, PH*PW, 1, C]
+            terms = torch.mul(rows, weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
             if np.any(divide[a:b]):
                 terms.div_(divisor[a:b])
             index = dest[a:b].view(-1, 1)
             grad_in.scatter_add_(0, index.expand(index.shape[0], c_n), terms.view(-1, c_n))
-    result = empty(input_shape, out_dtype or dtype, device)
-    return result.copy_(grad_in[:cells].view(n_n, height, width, c_n).permute(0, 3, 1, 2))
+    return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
