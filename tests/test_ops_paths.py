@@ -99,23 +99,26 @@ def test_roi_align_cpu_paths_match_gather_path_and_reference(case, sampling_rati
         _align_small.SMALL_WORK = saved
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(case=st.one_of(cases(torch.float32), cases(torch.float64)), sampling_ratio=st.sampled_from([-1, 1, 2, 3]),
-       aligned=st.booleans(), path=st.sampled_from(["window", "small"]), chunk_bytes=st.sampled_from([1, 1 << 22]))
-def test_roi_align_cpu_gradient_is_the_reference_bit_for_bit(case, sampling_ratio, aligned, path, chunk_bytes):
+       aligned=st.booleans(), path=st.sampled_from(["window", "small"]), chunk_bytes=st.sampled_from([1, 1 << 22]),
+       compact=st.sampled_from([0.0, 2.0]))
+def test_roi_align_cpu_gradient_is_the_reference_bit_for_bit(case, sampling_ratio, aligned, path, chunk_bytes,
+                                                              compact):
     """The CPU input gradient adds torchvision's terms in torchvision's order: equal to the loops."""
     x, boxes, output_size, scale = case
     args = (boxes, output_size, scale, sampling_ratio, aligned)
-    saved = _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES
+    saved = _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES, _align_grad.COMPACT_BELOW
     try:
         _align_small.SMALL_WORK = 1 << 62 if path == "small" else -1
         _align_grad.CHUNK_BYTES = chunk_bytes  # 1: one ROI per chunk
+        _align_grad.COMPACT_BELOW = compact  # 0: every entry, 2: only the counted ones
         xg = x.detach().requires_grad_(True)
         out = roiviz.roi_align(xg, *args)
         weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
         (grad,) = torch.autograd.grad(out, xg, weight)
     finally:
-        _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES = saved
+        _align_small.SMALL_WORK, _align_grad.CHUNK_BYTES, _align_grad.COMPACT_BELOW = saved
     expected = reference.roi_align_backward(x, boxes, weight, scale, sampling_ratio, aligned)
     assert torch.equal(grad, expected), (grad - expected).abs().max()
 

@@ -32,6 +32,8 @@ workload, still several times faster than the kernel, see ``docs/benchmarks.md``
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -49,6 +51,9 @@ from ._common import (
 CHUNK_BYTES = 1 << 22
 #: Spare rows that receive the skipped samples, spread so that no single row is a hot spot.
 SPARE_ROWS = 64
+#: Below this fraction of counted samples (adaptive grids of mixed sizes), the skipped entries are
+#: dropped before the products (a gather) instead of being multiplied and sent to the spare rows.
+COMPACT_BELOW = 0.75
 
 
 def _axis_taps(start: Tensor, bin_size: Tensor, grid: Tensor, g_max: int, n_bins: int,
@@ -126,19 +131,59 @@ def roi_align_input_grad(
         weight = (torch.where(ok, weight, 0.0) / fold.view(k_n, 1, 1, 1, 1, 1, 1)).view(k_n, ph_n * pw_n, -1, 1)
         divide = (~power_of_two).cpu().numpy()
         divisor = torch.where(power_of_two, 1.0, count).view(k_n, 1, 1, 1)
-        taps = weight.shape[2]
-
-        kc = max(1, CHUNK_BYTES // (ph_n * pw_n * taps * c_n * grad_out.element_size()))
-        buf = workspace("align_grad_terms", (min(kc, k_n), ph_n * pw_n, taps, c_n), dtype, device)
-        rows_buf = workspace("align_grad_rows", (min(kc, k_n), ph_n * pw_n, c_n), dtype, device)
         grad_bins = grad_out.reshape(k_n, c_n, ph_n * pw_n).transpose(1, 2)  # [K, PH*PW, C], a view
-        for a in range(0, k_n, kc):
-            b = min(a + kc, k_n)
-            # The chunk's output gradient, channels last: copied per chunk, so it stays in the cache.
-            rows = rows_buf[: b - a].copy_(grad_bins[a:b])[:, :, None, :]  # [kc, PH*PW, 1, C]
-            terms = torch.mul(rows, weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
-            if np.any(divide[a:b]):
-                terms.div_(divisor[a:b])
-            index = dest[a:b].view(-1, 1)
-            grad_in.scatter_add_(0, index.expand(index.shape[0], c_n), terms.view(-1, c_n))
+        terms_per_roi = ok.expand(k_n, ph_n, pw_n, gh_max, gw_max, 2, 2).reshape(k_n, -1)  # counted entries
+        n_terms = terms_per_roi.sum(1).cpu().numpy()  # the terms the kernel adds, per ROI
+        plan = (grad_bins, dest, weight, divisor, divide)
+        if n_terms.sum() >= COMPACT_BELOW * terms_per_roi.numel():
+            _sum_dense(grad_in, *plan)
+        else:
+            _sum_compact(grad_in, *plan, terms_per_roi, n_terms)
     return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
+
+
+def _sum_dense(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor, divisor: Tensor,
+               divide: np.ndarray) -> None:
+    """Every entry, skipped samples included (weight 0, sent to a spare row): one broadcast product."""
+    k_n, bins, c_n = grad_bins.shape
+    taps = weight.shape[2]
+    kc = max(1, CHUNK_BYTES // (bins * taps * c_n * grad_bins.element_size()))
+    buf = workspace("align_grad_terms", (min(kc, k_n), bins, taps, c_n), grad_bins.dtype, grad_bins.device)
+    rows_buf = workspace("align_grad_rows", (min(kc, k_n), bins, c_n), grad_bins.dtype, grad_bins.device)
+    for a in range(0, k_n, kc):
+        b = min(a + kc, k_n)
+        # The chunk's output gradient, channels last: copied per chunk, so it stays in the cache.
+        rows = rows_buf[: b - a].copy_(grad_bins[a:b])[:, :, None, :]  # [kc, PH*PW, 1, C]
+        terms = torch.mul(rows, weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
+        if np.any(divide[a:b]):
+            terms.div_(divisor[a:b])
+        index = dest[a:b].view(-1, 1)
+        grad_in.scatter_add_(0, index.expand(index.shape[0], c_n), terms.view(-1, c_n))
+
+
+def _sum_compact(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor, divisor: Tensor,
+                 divide: np.ndarray, terms_per_roi: Tensor, n_terms: np.ndarray) -> None:
+    """Only the kernel's terms (a gather of output rows first): for adaptive grids of mixed sizes,
+    where the largest grid leaves many entries empty (about half on the benchmark workloads)."""
+    k_n, bins, c_n = grad_bins.shape
+    taps = weight.shape[2]
+    keep = terms_per_roi.reshape(-1).nonzero().squeeze(1)  # the kernel's terms, in its order
+    dest, weight, row = dest.view(-1)[keep], weight.reshape(-1)[keep], keep // taps  # row: k * PH*PW + bin
+    divisor = divisor.view(-1)[keep // (bins * taps)] if divide.any() else None
+    # Chunks of whole ROIs holding about CHUNK_BYTES of terms (one ROI more at most).
+    starts = np.concatenate([[0], np.cumsum(n_terms)])
+    chunk_id = starts[:-1] // max(1, CHUNK_BYTES // (c_n * grad_bins.element_size()))
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(chunk_id)) + 1, [k_n]]).tolist()
+    chunks = list(itertools.pairwise(bounds))
+    buf = workspace("align_grad_terms", (max(int(starts[b] - starts[a]) for a, b in chunks), c_n),
+                    grad_bins.dtype, grad_bins.device)
+    rows_buf = workspace("align_grad_rows", (max(b - a for a, b in chunks) * bins, c_n),
+                         grad_bins.dtype, grad_bins.device)
+    for a, b in chunks:
+        ea, eb = int(starts[a]), int(starts[b])
+        rows = rows_buf[: (b - a) * bins].view(b - a, bins, c_n).copy_(grad_bins[a:b]).view(-1, c_n)
+        terms = torch.index_select(rows, 0, row[ea:eb] - a * bins, out=buf[: eb - ea])
+        terms.mul_(weight[ea:eb, None])
+        if divisor is not None and np.any(divide[a:b]):
+            terms.div_(divisor[ea:eb, None])
+        grad_in.scatter_add_(0, dest[ea:eb, None].expand(eb - ea, c_n), terms)
