@@ -5,16 +5,30 @@ The box is rounded to whole cells, cut into ``PH x PW`` bins whose edges are rou
 size is fixed by ``output_size`` whatever the box: it is the rounding, not the size, that ROI
 Pool gets wrong.
 
-How it is computed (both ways exact: a max has no rounding)
------------------------------------------------------------
+How it is computed (every way exact: a max has no rounding)
+------------------------------------------------------------
+The input is copied channels last, ``[N*H*W, C]``, so that a cell is one row of ``C``
+contiguous numbers and gathering cells is a row copy.
+
 - **Many ROIs on a small map** (a detector head): one stride-1 ``max_pool2d`` of the whole map
   per bin shape ``(a, b)`` that occurs, then one table look-up per bin (:func:`_forward_maps`).
 - **Otherwise**: ROIs grouped by their largest bin, and every cell of every bin gathered in
-  cache-sized chunks and reduced with ``amax`` / ``max`` (first maximum).
+  cache-sized chunks and reduced with ``maximum``. Without a gradient to track, and when the
+  bins are a few cells wide (a mask head: 14x14 bins of 1-3 cells), row tables go first
+  (:func:`_build_row_tables`): table ``b`` holds the max of ``b`` consecutive cells of a row, so
+  a bin of ``r x s`` cells costs ``r`` gathered rows instead of ``r * s``.
+  Each chunk's maxima go to the output, channels first, in one ``index_copy_`` from a buffer
+  whose rows are padded by a cache line (see the note at the padding).
 
-A cost estimate picks one. The input's NaN and -inf are read as -FLT_MAX, the kernel's start
-value, so plain max reproduces its strict ``>``. Both read the bin sizes on the host (the loop
-bounds), which on a GPU is a synchronisation; roi_align with a fixed sampling ratio has none.
+A cost estimate picks the way. Steps outside a bin read a row of -FLT_MAX, the kernel's start
+value, and empty bins a row of zeros; the input's NaN and -inf (when there are any) are read as
+-FLT_MAX, so plain max reproduces the kernel's strict ``>``. All ways read the bin sizes on the
+host (the loop bounds), which on a GPU is a synchronisation; roi_align with a fixed sampling
+ratio has none.
+
+On the mask-head workload of the benchmark (W3) about a third of the forward is writing the
+fresh 40 MB output (page faults, paid by torchvision as well), a sixth the channels-last copy,
+and the rest the gathers and maxima.
 """
 
 from __future__ import annotations
@@ -109,6 +123,10 @@ def roi_pool_bin_edges(
 CHUNK_BYTES = 1 << 22
 #: Cost of one max-pooled map per map cell, against one visited bin cell (see :func:`_forward_maps`).
 MAP_COST = 2.0
+#: Cost of one row of a row-maxima table, against one visited bin cell (see :func:`_build_row_tables`).
+ROW_TABLE_COST = 1.0
+#: Widest bin served from row-maxima tables (each table is as large as the input).
+ROW_TABLE_WIDTHS = 8
 
 
 def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_max: int, bw_max: int,
@@ -125,15 +143,62 @@ def _cell_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_m
     flat = base[:, :, None, :, None] + cols[:, None, :, None, :]  # [K, PH, PW, R, S]
     inside = (rows < hend[:, :, None])[:, :, None, :, None] & (cols < wend[:, :, None])[:, None, :, None, :]
     flat = torch.where(inside, flat, sentinel)
+    empty_bin = (hend <= hstart)[:, :, None, None, None] | (wend <= wstart)[:, None, :, None, None]
+    flat = torch.where(empty_bin, sentinel + 1, flat)  # an empty bin reads only the zero row: 0
     return flat.flatten(3).flatten(0, 2).t().contiguous()  # [R*S, K*PH*PW]
 
 
+
+
+def _row_table_index(rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, Tensor], bh_max: int,
+                     height: int, width: int, sentinel: int) -> Tensor:
+    """``[bh_max, K * PH * PW]``: the row of the row-maxima table read at step ``r`` of every bin.
+
+    Bin ``(ph, pw)`` of width ``b`` reads, at step ``r``, entry ``(hstart + r, wstart)`` of table
+    ``b`` (the max of ``b`` consecutive cells of a row, see :func:`_build_row_tables`); a step
+    below its bin reads row ``sentinel`` (-FLT_MAX) and an empty bin reads only the zero row.
+    """
+    hstart, hend, wstart, wend = edges  # [K, PH], [K, PW]
+    n_cells = sentinel  # N*H*W: the size of every table
+    bw = (wend - wstart).clamp(min=1)  # [K, PW]
+    base = torch.where(bw > 1, 2 + (bw - 1) * n_cells, 0) + wstart  # [K, PW]: table and column
+    rows = hstart[:, :, None] + torch.arange(bh_max, device=rois.device)  # [K, PH, R]
+    flat = (rois[:, 0].long()[:, None, None] * height + rows) * width  # [K, PH, R]
+    flat = flat[:, :, None, :] + base[:, None, :, None]  # [K, PH, PW, R]
+    flat = torch.where((rows < hend[:, :, None])[:, :, None, :], flat, sentinel)
+    empty_bin = (hend <= hstart)[:, :, None, None] | (wend <= wstart)[:, None, :, None]
+    flat = torch.where(empty_bin, sentinel + 1, flat)  # an empty bin reads only the zero row: 0
+    return flat.flatten(0, 2).t().contiguous()  # [R, K*PH*PW]
+
+
+def _build_row_tables(table: Tensor, n_cells: int, widths: int) -> None:
+    """Fill tables ``2 .. widths`` after the input: table ``b`` row ``i`` = max of input rows ``i .. i+b-1``.
+
+    ``table`` is ``[2 + widths * n_cells, C]``: the channels-last input (rows ``0 .. n_cells``),
+    the -FLT_MAX and zero rows, then table ``b`` from row ``2 + (b - 1) * n_cells``. Entries whose
+    cells run past a map row are never read (a bin ends inside its row). Max is exact.
+    """
+    x = table[:n_cells]
+    prev = x
+    for b in range(2, widths + 1):
+        start = 2 + (b - 1) * n_cells
+        prev = torch.maximum(prev[: n_cells - b + 1], x[b - 1 :], out=table[start : start + n_cells - b + 1])
 
 
 def _bin_extents(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Per ROI, the rows and columns of its largest bin, at least 1: ``[K]`` each."""
     hstart, hend, wstart, wend = edges
     return (hend - hstart).amax(1).clamp(min=1), (wend - wstart).amax(1).clamp(min=1)
+
+
+def _group(bh: Tensor, bw: Tensor, width: int) -> list[tuple[int, int, np.ndarray]]:
+    """ROIs grouped by ``(rows, cols)`` steps: ``[(rows, cols, ROI indices), ...]`` (read on the host)."""
+    keys = (bh * (width + 2) + bw).cpu().numpy()
+    order = np.argsort(keys, kind="stable")
+    uniq, starts = np.unique(keys[order], return_index=True)
+    bounds = [*starts.tolist(), len(keys)]
+    return [(int(key) // (width + 2), int(key) % (width + 2), order[a:b])
+            for key, a, b in zip(uniq.tolist(), bounds[:-1], bounds[1:], strict=True)]
 
 
 def _bin_shapes(edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor, width: int) -> list[tuple[int, int]]:
@@ -218,7 +283,8 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     bins = ph_n * pw_n
     arg = torch.empty(k_n * bins, c_n, dtype=torch.int32, device=x.device) if track else None
     kc = min(k_n, max(1, CHUNK_BYTES // (2 * bins * c_n * x.element_size())))
-    buf = workspace("pool_best", (kc * bins, c_n), x.dtype, x.device)
+    pad = max(1, 64 // x.element_size())  # rows padded by a cache line, see _forward
+    buf = workspace("pool_best", (kc * bins, c_n + pad), x.dtype, x.device)[:, :c_n]
     for a in range(0, k_n, kc):
         b = min(a + kc, k_n)
         rows = at[a * bins : b * bins]
@@ -226,7 +292,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
         if arg is not None:
             won = torch.index_select(cells, 0, rows, out=arg[a * bins : b * bins])
             won.masked_fill_(vals <= -_FLT_MAX, n_n * height * width)  # nothing beat the start value
-        out[a:b].view(b - a, c_n, bins).copy_(vals.view(b - a, bins, c_n).transpose(1, 2))
+        out[a:b].view(b - a, c_n, bins).copy_(vals.unflatten(0, (b - a, bins)).transpose(1, 2))
     return out, arg
 
 
@@ -254,35 +320,50 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     # (a synchronisation on a GPU). ROIs are grouped by their largest bin so that small boxes do
     # not pay for the steps of large ones.
     bh, bw = _bin_extents(edges)
-    keys = (bh * (width + 2) + bw).cpu().numpy()
-    order = np.argsort(keys, kind="stable")
-    uniq, starts = np.unique(keys[order], return_index=True)
-    bounds = [*starts.tolist(), k_n]
-    groups = [(int(key) // (width + 2), int(key) % (width + 2), order[a:b])
-              for key, a, b in zip(uniq.tolist(), bounds[:-1], bounds[1:], strict=True)]
+    groups = _group(bh, bw, width)
     if track:
         arg = torch.empty(k_n, bins, c_n, dtype=torch.int32, device=input.device)
-    # Channels-last copy of the input plus one sentinel row of -FLT_MAX: [N*H*W + 1, C]. NaN and
-    # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
-    # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
-    sentinel = n_n * height * width
-    x = workspace("pool_input", (sentinel + 1, c_n), dtype, input.device)
-    x[:sentinel].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
-    x[sentinel].fill_(-_FLT_MAX)
-    torch.nan_to_num_(x, nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX)
     empty_bin = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
     pairs = _bin_shapes(edges, empty_bin, width)
+    sentinel = n_cells = n_n * height * width
     direct_cost = sum(r * s * len(members) for r, s, members in groups) * bins
-    if pairs and len(pairs) * MAP_COST * n_n * height * width < direct_cost:
+    use_maps = bool(pairs) and len(pairs) * MAP_COST * n_cells < direct_cost
+    # Without the argmax, bins can take the max along a row from a table instead of stepping
+    # through it: table b holds the max of b consecutive cells of a row (b - 1 passes over the
+    # map), so a bin of r x s cells costs r gathered rows instead of r * s.
+    widths = int(bw.max())
+    row_cost = sum(r * (s - 1) * len(members) for r, s, members in groups) * bins
+    use_rows = (not track and not use_maps and 1 < widths <= ROW_TABLE_WIDTHS
+                and (widths - 1) * ROW_TABLE_COST * n_cells < row_cost)
+    # Channels-last copy of the input, a row of -FLT_MAX (read by steps outside their bin) and a
+    # row of 0 (read by empty bins), then any row tables: [N*H*W + 2 (+ tables), C]. NaN and
+    # -inf become -FLT_MAX: like the start value they then never win, exactly as under the
+    # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
+    table = workspace("pool_input", (n_cells + 2 + (widths - 1) * n_cells * use_rows, c_n), dtype, input.device)
+    x = table[: n_cells + 2]
+    x[:n_cells].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
+    low = x[:n_cells].amin()  # NaN if any NaN, -inf if any -inf: only then is a rewrite needed
+    if bool(torch.isnan(low) | (low < -_FLT_MAX)):
+        torch.nan_to_num_(x[:n_cells], nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX).clamp_(min=-_FLT_MAX)
+    x[sentinel].fill_(-_FLT_MAX)
+    x[sentinel + 1].zero_()
+    if use_maps:
         out, cells = _forward_maps(x, rois, edges, empty_bin, pairs, out, track, (n_n, height, width))
         return out, cells, edges
-    any_empty = bool(empty_bin.any())
-    empty_bin = empty_bin.view(k_n, bins, 1)
+    if use_rows:
+        _build_row_tables(table, n_cells, widths)
+        x = table
+        groups = _group(bh, torch.ones_like(bw), width)  # the width no longer costs steps
     # Chunks of ROIs whose gathered cells [steps, kc*PH*PW, C] stay in the cache.
     kc_most = max(1, CHUNK_BYTES // (bins * c_n * x.element_size()))
     need = max(r * s * min(max(1, kc_most // (r * s)), len(m)) for r, s, m in groups)
     cells_buf = workspace("pool_cells_visited", (need * bins, c_n), dtype, x.device)
-    best_buf = workspace("pool_best", (min(k_n, kc_most) * bins, c_n), dtype, x.device)
+    # Each chunk's maxima [kc*PH*PW, C], still in the cache, are copied channels first into
+    # ``out``. The rows of that buffer are padded by a cache line: with a row stride of 1 KiB
+    # (C = 256 floats) the transposing read hits the same few L1 sets over and over, and the
+    # copy is 2x slower (W3: 13 ms -> 5 ms on one thread).
+    stride = c_n + max(1, 64 // x.element_size())
+    best_buf = workspace("pool_best", (min(k_n, kc_most) * bins, stride), dtype, x.device)[:, :c_n]
     if track:
         most = (min(k_n, kc_most) * bins, c_n)
         step_buf = workspace("pool_step", most, torch.long, x.device)
@@ -294,20 +375,34 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
         steps = r_n * s_n
         ids = torch.from_numpy(members).to(input.device)
         sub_edges = tuple(e[ids] for e in edges)
-        index = _cell_index(rois[ids], sub_edges, r_n, s_n, height, width, sentinel)  # [steps, kg*PH*PW]
+        if use_rows:
+            index = _row_table_index(rois[ids], sub_edges, r_n, height, width, sentinel)  # [steps, kg*PH*PW]
+        else:
+            index = _cell_index(rois[ids], sub_edges, r_n, s_n, height, width, sentinel)
         kc = max(1, kc_most // steps)
         for a in range(0, len(members), kc):
             b = min(a + kc, len(members))
             n = (b - a) * bins
-            cells = torch.index_select(x, 0, index[:, a * bins : b * bins].reshape(-1), out=cells_buf[: steps * n])
-            cells = cells.view(steps, n, c_n)
             best = best_buf[:n]
-            chunk = ids[a:b]
+            if steps == 1 and not track:  # one cell (or table entry) per bin: gathered into place
+                torch.index_select(x, 0, index[0, a * bins : b * bins], out=best)
+            else:
+                cells = torch.index_select(x, 0, index[:, a * bins : b * bins].reshape(-1), out=cells_buf[: steps * n])
+                cells = cells.view(steps, n, c_n)
+            if steps == 1:
+                if track:
+                    best.copy_(cells[0])
+            elif steps <= 4:  # a few maxima (amax would first fill ``best`` with -inf)
+                acc = cells[0]  # accumulated in the cached cells unless the argmax needs them
+                for i in range(1, steps - 1):
+                    acc = torch.maximum(acc, cells[i], out=best if track else cells[0])
+                torch.maximum(acc, cells[steps - 1], out=best)
+            else:
+                torch.amax(cells, 0, out=best)
             if track:
                 # The kernel's strict '>' in row-major order keeps the first maximum: its step is
                 # the number of leading steps below the maximum (cells hold no NaN). Counted with
                 # small bool / uint8 passes, ~3x cheaper than ``max`` with indices over dim 0.
-                torch.amax(cells, 0, out=best)
                 run = torch.lt(cells[0], best, out=run_buf[:n])  # still before the first maximum
                 count = count_buf[:n].copy_(run)
                 below = below_buf[:n]
@@ -315,16 +410,13 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
                     run.logical_and_(torch.lt(cells[i], best, out=below))
                     count.add_(run)
                 step = step_buf[:n].copy_(count)
-                # The input row read at the winning step: the cell (or the sentinel row).
+                # The input row read at the winning step: the cell, or a sentinel row (any value
+                # not above -FLT_MAX, the zero row of an empty bin included, means "no argmax").
                 steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
                 cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
-                cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
-                arg.index_copy_(0, chunk, cell.view(b - a, bins, c_n).to(torch.int32))
-            else:
-                torch.amax(cells, 0, out=best)
-            if any_empty:
-                best.view(b - a, bins, c_n).masked_fill_(empty_bin[chunk], 0.0)  # an empty bin is 0
-            out.index_copy_(0, chunk, best.view(b - a, ph_n, pw_n, c_n).permute(0, 3, 1, 2))
+                cell.masked_fill_((best <= -_FLT_MAX) | (cell > sentinel), sentinel)
+                arg.index_copy_(0, ids[a:b], cell.view(b - a, bins, c_n).to(torch.int32))
+            out.index_copy_(0, ids[a:b], best.unflatten(0, (b - a, ph_n, pw_n)).permute(0, 3, 1, 2))
     return out, arg, edges
 
 
