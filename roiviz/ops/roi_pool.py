@@ -306,7 +306,8 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     Many ROIs on a small map take :func:`_forward_maps`; otherwise every cell of every bin is
     visited in chunks. Either way the saved argmax ``[K*PH*PW, C]`` (int32) is the input cell
     ``n*H*W + h*W + w`` of each output's first maximum, or ``N*H*W`` when no cell beat the start
-    value (an empty bin, or only -inf/NaN): the kernel's argmax -1, whose gradient is dropped.
+    value (only -inf/NaN) or ``N*H*W + 1`` for an empty bin: the kernel's argmax -1, whose
+    gradient is dropped (both rows are trash rows of the backward).
 
     """
     n_n, c_n, height, width = input.shape
@@ -413,11 +414,11 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
                     run.logical_and_(torch.lt(cells[i], best, out=below))
                     count.add_(run)
                 step = step_buf[:n].copy_(count)
-                # The input row read at the winning step: the cell, or a sentinel row (any value
-                # not above -FLT_MAX, the zero row of an empty bin included, means "no argmax").
+                # The input row read at the winning step: the cell, or a sentinel row (the
+                # -FLT_MAX row, or the zero row of an empty bin: both mean "no argmax").
                 steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
                 cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
-                cell.masked_fill_((best <= -_FLT_MAX) | (cell > sentinel), sentinel)
+                cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
                 arg.index_copy_(0, ids[a:b], cell.view(b - a, bins, c_n).to(torch.int32))
             out.index_copy_(0, ids[a:b], best.unflatten(0, (b - a, ph_n, pw_n)).permute(0, 3, 1, 2))
     return out, arg, edges
@@ -439,14 +440,14 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         k_n = grad_out.shape[0]
         dtype = compute_dtype(ctx.input_dtype)
-        # Channels last, plus a trash row N*H*W that receives the outputs with no argmax. It and
+        # Channels last, plus trash rows N*H*W, N*H*W + 1 for the outputs with no argmax. It and
         # the two copies below are work buffers (reused: fresh memory costs a page fault per 4 KiB,
         # ~37,000 for W3, a large part of this backward's time); only grad_nchw is returned.
         device = grad_out.device
         # Its rows are padded by a cache line: the transposing copy at the end reads it with a
         # row stride, and a stride of 1 KiB (C = 256 floats) made that copy ~4x slower.
         pad = max(1, 64 // torch.empty((), dtype=dtype).element_size())
-        grad_in = workspace("pool_grad_in", (n_n * height * width + 1, c_n + pad), dtype, device)[:, :c_n].zero_()
+        grad_in = workspace("pool_grad_in", (n_n * height * width + 2, c_n + pad), dtype, device)[:, :c_n].zero_()
         if k_n:
             rows = arg.numel() // c_n
             grad = workspace("pool_grad_rows", (k_n, *grad_out.shape[2:], c_n), dtype, device)
@@ -455,7 +456,7 @@ class _RoIPoolFunction(torch.autograd.Function):
             # Each output sends its gradient to its first maximum (kernel order per channel).
             grad_in.scatter_add_(0, index, grad.view(rows, c_n))
         grad_nchw = empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
-        grad_nchw.copy_(grad_in[:-1].unflatten(0, (n_n, height, width)).permute(0, 3, 1, 2))
+        grad_nchw.copy_(grad_in[:-2].unflatten(0, (n_n, height, width)).permute(0, 3, 1, 2))
         return grad_nchw, None, None, None, None, None
 
 
