@@ -347,7 +347,9 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     x = table[: n_cells + 2]
     x[:n_cells].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
     low = x[:n_cells].amin()  # NaN if any NaN, -inf if any -inf: only then is a rewrite needed
-    if bool(torch.isnan(low) | (low < -_FLT_MAX)):
+    # Only an input value at or below -FLT_MAX (or NaN) can leave a bin without an argmax.
+    below_start = bool(torch.isnan(low) | (low <= -_FLT_MAX))
+    if below_start:
         torch.nan_to_num_(x[:n_cells], nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX).clamp_(min=-_FLT_MAX)
     x[sentinel].fill_(-_FLT_MAX)
     x[sentinel + 1].zero_()
@@ -383,6 +385,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
             index = _row_table_index(rois[ids], sub_edges, r_n, height, width, sentinel)  # [steps, kg*PH*PW]
         else:
             index = _cell_index(rois[ids], sub_edges, r_n, s_n, height, width, sentinel)
+        index32 = index.to(torch.int32) if track else None  # gathered as the saved argmax
         kc = max(1, kc_most // steps)
         for a in range(0, len(members), kc):
             b = min(a + kc, len(members))
@@ -416,10 +419,11 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
                 step = step_buf[:n].copy_(count)
                 # The input row read at the winning step: the cell, or a sentinel row (the
                 # -FLT_MAX row, or the zero row of an empty bin: both mean "no argmax").
-                steps_index = index[:, a * bins : b * bins, None].expand(steps, n, c_n)
-                cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C]
-                cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
-                arg.index_copy_(0, ids[a:b], cell.view(b - a, bins, c_n).to(torch.int32))
+                steps_index = index32[:, a * bins : b * bins, None].expand(steps, n, c_n)
+                cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C] int32
+                if below_start:
+                    cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
+                arg.index_copy_(0, ids[a:b], cell.view(b - a, bins, c_n))
             out.index_copy_(0, ids[a:b], best.unflatten(0, (b - a, ph_n, pw_n)).permute(0, 3, 1, 2))
     return out, arg, edges
 
