@@ -49,7 +49,6 @@ from ._common import (
     empty,
     interpolation_1d,
     sample_coords,
-    to_channels_last,
     workspace,
 )
 
@@ -196,7 +195,7 @@ class _RoIAlignCPU(torch.autograd.Function):
         ctx.args = (scale, sampling_ratio, aligned)
         # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
         x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
-        x = to_channels_last(input, x).view(-1, c_n)
+        x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
         out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
         plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:
