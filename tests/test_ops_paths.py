@@ -205,6 +205,45 @@ def test_adaptive_sampling_and_roi_pool_do_read_the_host():
 POOL_PATHS = {"maps": 0.0, "cells": float("inf")}
 
 
+@settings(max_examples=40, deadline=None)
+@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), row_cost=st.sampled_from([0.0, float("inf")]),
+       chunk_bytes=st.sampled_from([1, 1 << 22]))
+def test_roi_pool_forward_without_gradient_with_and_without_row_tables(case, row_cost, chunk_bytes):
+    """Without a gradient, narrow bins may be read from row-maxima tables: exact either way."""
+    x, boxes, output_size, scale = case
+    saved = roi_pool_module.MAP_COST, roi_pool_module.ROW_TABLE_COST, roi_pool_module.CHUNK_BYTES
+    try:
+        roi_pool_module.MAP_COST = float("inf")  # never the max-pooled maps: the cell visits
+        roi_pool_module.ROW_TABLE_COST, roi_pool_module.CHUNK_BYTES = row_cost, chunk_bytes
+        with torch.no_grad():
+            out = roiviz.roi_pool(x, boxes, output_size, scale)
+    finally:
+        roi_pool_module.MAP_COST, roi_pool_module.ROW_TABLE_COST, roi_pool_module.CHUNK_BYTES = saved
+    assert torch.equal(out, reference.roi_pool(x, boxes, output_size, scale))
+
+
+def test_roi_pool_under_no_grad_with_an_input_that_requires_grad():
+    """no_grad skips the argmax (a third of the cost) even when the map requires grad."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 4, 12, 12, generator=gen, requires_grad=True)
+    boxes = torch.tensor([[0, 0.0, 0.0, 9.0, 7.0], [0, 3.0, 2.0, 11.0, 11.0]])
+    with torch.no_grad():
+        out = roiviz.roi_pool(x, boxes, 3)
+    assert not out.requires_grad
+    assert torch.equal(out, roiviz.roi_pool(x, boxes, 3).detach())
+
+
+def test_roi_pool_float64_values_below_the_start_value_read_as_minus_flt_max():
+    """The kernel starts every bin at -FLT_MAX and keeps strictly greater values: in float64 a
+    bin of -1e300 gives -FLT_MAX, as torchvision does."""
+    x = torch.full((1, 1, 4, 4), -1e300, dtype=torch.float64)
+    x[0, 0, 0, 0] = 1.0
+    out = roiviz.roi_pool(x, torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64), 2)
+    flt_max = float(torch.finfo(torch.float32).max)
+    assert out.flatten().tolist() == [1.0, -flt_max, -flt_max, -flt_max]
+    assert torch.equal(out, reference.roi_pool(x, torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64), 2))
+
+
 @pytest.fixture(params=["maps, one ROI per chunk", "cells, one ROI per chunk", "default"])
 def pool_chunks(request, monkeypatch):
     if request.param != "default":
