@@ -114,31 +114,35 @@ def roi_align_input_grad(
             gh_max = gw_max = sampling_ratio
         else:  # the adaptive loop bound is read on the host
             gh_max, gw_max = max(int(g.grid_h.max()), 1), max(int(g.grid_w.max()), 1)
-        ty, wy, oky = _axis_taps(g.start_h, g.bin_h, g.grid_h, gh_max, ph_n, height)  # [K, PH, GH, 2]
-        tx, wx, okx = _axis_taps(g.start_w, g.bin_w, g.grid_w, gw_max, pw_n, width)  # [K, PW, GW, 2]
-        # Entries [K, PH, PW, GH, GW, 2 (y tap), 2 (x tap)]: torchvision's order.
-        shape_y, shape_x = (k_n, ph_n, 1, gh_max, 1, 2, 1), (k_n, 1, pw_n, 1, gw_max, 1, 2)
-        base = rois[:, 0].long().view(k_n, 1, 1, 1, 1, 1, 1) * height
-        dest = (base + ty.view(shape_y)) * width + tx.view(shape_x)
-        weight = wy.view(shape_y) * wx.view(shape_x)  # hy * hx, hy * lx, ly * hx, ly * lx
-        ok = oky.view(*shape_y[:-2], 1, 1) & okx.view(*shape_x[:-2], 1, 1)
-        spare = cells + torch.arange(dest[0].numel(), device=device).view(dest.shape[1:]) % SPARE_ROWS
-        dest = torch.where(ok, dest, spare).view(k_n, -1)
+        ty, wy, oky = _axis_taps(g.start_h, g.bin_h, g.grid_h, gh_max, ph_n, height)  # [K, PH, GH, 2], ok [K, PH, GH]
+        tx, wx, okx = _axis_taps(g.start_w, g.bin_w, g.grid_w, gw_max, pw_n, width)  # [K, PW, GW, 2], ok [K, PW, GW]
         count = (g.grid_h * g.grid_w).clamp(min=1.0)  # [K]
         power_of_two = torch.frexp(count).mantissa == 0.5
-        # Fold count into the weight where that is exact; divide the terms where it is not.
-        fold = torch.where(power_of_two, count, 1.0)
-        weight = (torch.where(ok, weight, 0.0) / fold.view(k_n, 1, 1, 1, 1, 1, 1)).view(k_n, ph_n * pw_n, -1, 1)
+        # Fold count into the weight where that is exact, (wy / count) * wx == (wy * wx) / count
+        # for a power of two; divide the terms where it is not.
+        fold = torch.where(power_of_two, count, 1.0)[:, None, None, None]
         divide = (~power_of_two).cpu().numpy()
         divisor = torch.where(power_of_two, 1.0, count).view(k_n, 1, 1, 1)
+        # Entries [K, PH, PW, GH, GW, 2 (y tap), 2 (x tap)]: torchvision's order, each built by
+        # one broadcast of a per-axis part. Skipped samples get weight 0.
+        shape_y, shape_x = (k_n, ph_n, 1, gh_max, 1, 2, 1), (k_n, 1, pw_n, 1, gw_max, 1, 2)
+        rows_part = (rois[:, 0].long()[:, None, None, None] * height + ty) * width  # [K, PH, GH, 2]
+        dest = (rows_part.view(shape_y) + tx.view(shape_x)).view(k_n, -1)
+        wy = torch.where(oky[..., None], wy / fold, 0.0)
+        wx = torch.where(okx[..., None], wx, 0.0)
+        weight = (wy.view(shape_y) * wx.view(shape_x)).view(k_n, ph_n * pw_n, -1, 1)  # hy*hx, hy*lx, ly*hx, ly*lx
+        n_terms = (oky.flatten(1).sum(1) * okx.flatten(1).sum(1) * 4).cpu().numpy()  # the kernel's terms per ROI
         grad_bins = grad_out.reshape(k_n, c_n, ph_n * pw_n).transpose(1, 2)  # [K, PH*PW, C], a view
-        terms_per_roi = ok.expand(k_n, ph_n, pw_n, gh_max, gw_max, 2, 2).reshape(k_n, -1)  # counted entries
-        n_terms = terms_per_roi.sum(1).cpu().numpy()  # the terms the kernel adds, per ROI
         plan = (grad_bins, dest, weight, divisor, divide)
-        if n_terms.sum() >= COMPACT_BELOW * terms_per_roi.numel():
-            _sum_dense(grad_in, *plan)
+        n_entries = dest.shape[1]
+        ok = (oky.view(*shape_y[:-2], 1, 1) & okx.view(*shape_x[:-2], 1, 1)).expand(k_n, ph_n, pw_n, gh_max, gw_max, 2, 2)
+        if n_terms.sum() >= COMPACT_BELOW * k_n * n_entries:
+            if n_terms.sum() < k_n * n_entries:  # skipped samples: their (0) terms go to spare rows
+                spare = cells + torch.arange(n_entries, device=device) % SPARE_ROWS
+                dest = torch.where(ok.reshape(k_n, -1), dest, spare)
+            _sum_dense(grad_in, grad_bins, dest, weight, divisor, divide)
         else:
-            _sum_compact(grad_in, *plan, terms_per_roi, n_terms)
+            _sum_compact(grad_in, *plan, ok.reshape(k_n, -1), n_terms)
     return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
 
 
