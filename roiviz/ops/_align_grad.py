@@ -155,18 +155,19 @@ def _sum_dense(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor,
     """Every entry, skipped samples included (weight 0, sent to a spare row): one broadcast product."""
     k_n, bins, c_n = grad_bins.shape
     taps = weight.shape[2]
-    kc = max(1, CHUNK_BYTES // (bins * taps * c_n * grad_bins.element_size()))
-    buf = workspace("align_grad_terms", (min(kc, k_n), bins, taps, c_n), grad_bins.dtype, grad_bins.device)
-    rows_buf = workspace("align_grad_rows", (min(kc, k_n), bins, c_n), grad_bins.dtype, grad_bins.device)
+    kc = min(k_n, max(1, CHUNK_BYTES // (bins * taps * c_n * grad_bins.element_size())))
+    buf = workspace("align_grad_terms", (kc, bins, taps, c_n), grad_bins.dtype, grad_bins.device)
+    rows_buf = workspace("align_grad_rows", (kc, bins, c_n), grad_bins.dtype, grad_bins.device)
+    index = dest[:, :, None].expand(k_n, dest.shape[1], c_n)  # [K, entries, C], no copy
+    # Few operations per chunk (each costs microseconds of dispatch; W1 has 205 chunks).
     for a in range(0, k_n, kc):
         b = min(a + kc, k_n)
         # The chunk's output gradient, channels last: copied per chunk, so it stays in the cache.
-        rows = rows_buf[: b - a].copy_(grad_bins[a:b])[:, :, None, :]  # [kc, PH*PW, 1, C]
-        terms = torch.mul(rows, weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
-        if np.any(divide[a:b]):
+        rows = rows_buf[: b - a].copy_(grad_bins[a:b])  # [kc, PH*PW, C]
+        terms = torch.mul(rows[:, :, None], weight[a:b], out=buf[: b - a])  # [kc, PH*PW, taps, C]
+        if divide[a:b].any():
             terms.div_(divisor[a:b])
-        index = dest[a:b].view(-1, 1)
-        grad_in.scatter_add_(0, index.expand(index.shape[0], c_n), terms.view(-1, c_n))
+        grad_in.scatter_add_(0, index[a:b].flatten(0, 1), terms.view(-1, c_n))
 
 
 def _sum_compact(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor, divisor: Tensor,
