@@ -71,6 +71,7 @@ __all__ = [
     "BenchResult",
     "Workload",
     "environment",
+    "fresh_memory_ms",
     "main",
     "make_boxes",
     "measure_peak_memory",
@@ -578,6 +579,7 @@ def _env_line(env: dict[str, Any]) -> str:
             f"{' (' + env['device_name'] + ')' if env.get('device_name') else ''}, threads {env['threads']}, "
             f"{env['cpu_count']} CPUs ({env['cpu_model']}), load {env['load_avg_1m']:.2f}"
             f"{' -> ' + format(env['load_avg_1m_end'], '.2f') if 'load_avg_1m_end' in env else ''}, "
+            f"fresh memory {_fmt(env.get('fresh_memory_ms_per_64mib'))} ms/64 MiB, "
             f"{env['date_utc']}{' -> ' + env['finished_utc'] if 'finished_utc' in env else ''}, "
             f"roiviz {env.get('roiviz_git') or env['roiviz']}")
 
@@ -618,7 +620,37 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         "threads": threads or torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpus_usable": affinity,
         "cpu_model": cpu_model, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
         "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "fresh_memory_ms_per_64mib": round(fresh_memory_ms(), 2) if dev.type == "cpu" else None,
     }
+
+
+def fresh_memory_ms(mib: int = 64, repeats: int = 5) -> float:
+    """Milliseconds the first write to ``mib`` MiB of fresh memory costs more than a rewrite.
+
+    That is the page-fault cost of new allocations (median of ``repeats``). roiviz's CPU ops
+    are bound by memory, and writing their fresh output is a large part of a forward pass (49
+    MiB for W1), while torchvision's kernels are bound by arithmetic; on the VM the benchmarks
+    ran on this cost moved between runs (cheap in some, ~11 ms per 49 MiB in others), and the
+    forward ratios with it. It is recorded with every run (``fresh_memory_ms_per_64mib``).
+
+    Examples
+    --------
+    >>> fresh_memory_ms(mib=1, repeats=1) >= 0.0
+    True
+    """
+    import time
+
+    n = mib * (1 << 20) // 4
+    costs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf = torch.empty(n).fill_(1.0)  # first touch: a page fault per 4 KiB
+        t1 = time.perf_counter()
+        buf.fill_(2.0)  # the same writes, pages in place
+        t2 = time.perf_counter()
+        costs.append(max(0.0, (t1 - t0) - (t2 - t1)) * 1e3)
+        del buf
+    return statistics.median(costs)
 
 
 def _finish(env: dict[str, Any]) -> None:
