@@ -144,8 +144,9 @@ def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype,
 def clear_workspace() -> None:
     """Free this thread's work buffers (see :func:`workspace`).
 
-    The CPU ops keep their largest scratch buffers between calls (about 150-190 MB after a
-    detector-sized forward and backward), because reusing memory is faster than faulting in
+    The CPU ops keep their largest scratch buffers between calls (about 300 MiB after a
+    forward and backward of roi_align and roi_pool on a detector-sized input, W1 of
+    :mod:`roiviz.bench`), because reusing memory is faster than faulting in
     fresh pages. Call this when you are done with ROI ops and want that memory back.
 
     Examples
