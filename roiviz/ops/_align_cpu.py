@@ -40,10 +40,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..boxes import compute_dtype
-from ._align_grad import roi_align_input_grad
+from ._align_grad import ExactGradFunction
 from ._common import (
     align_geometry,
     empty,
@@ -184,15 +183,13 @@ def _kron(ay: Tensor, ax: Tensor) -> Tensor:
     return w.reshape(kc, sy * sx, ph_n * pw_n)
 
 
-class _RoIAlignCPU(torch.autograd.Function):
+class _RoIAlignCPU(ExactGradFunction):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
                 aligned: bool) -> Tensor:
         n_n, c_n, height, width = input.shape
         k_n = rois.shape[0]
-        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
-        ctx.save_for_backward(rois)
-        ctx.args = (scale, sampling_ratio, aligned)
+        ExactGradFunction.remember(ctx, input, rois, scale, sampling_ratio, aligned)
         # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
         x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
         x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
@@ -220,11 +217,3 @@ class _RoIAlignCPU(torch.autograd.Function):
                           out=res.view(kc, c_n * ph_n, pw_n))  # [kc, (C, PH), PW]
             out.index_copy_(0, plan["order"][a:b], res.view(kc, c_n, ph_n, pw_n))
         return out.to(input.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        (rois,) = ctx.saved_tensors
-        dtype = compute_dtype(ctx.input_dtype)
-        grad_in = roi_align_input_grad(grad_out.to(dtype), rois, ctx.input_shape, *ctx.args, out_dtype=ctx.input_dtype)
-        return grad_in, None, None, None, None, None, None

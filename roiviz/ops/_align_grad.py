@@ -41,6 +41,7 @@ import itertools
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._common import (
     align_geometry,
@@ -148,6 +149,30 @@ def roi_align_input_grad(
         else:
             _sum_compact(grad_in, *plan, ok.reshape(k_n, -1), n_terms)
     return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
+
+
+class ExactGradFunction(torch.autograd.Function):
+    """Base of the CPU ``roi_align`` functions: their forwards differ, their backward is this one.
+
+    A subclass's ``forward(ctx, input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)`` calls
+    :meth:`remember` and returns the output; the input gradient is
+    :func:`roi_align_input_grad` (the boxes get none, as in torchvision).
+    """
+
+    @staticmethod
+    def remember(ctx, input: Tensor, rois: Tensor, scale: Tensor, sampling_ratio: int, aligned: bool) -> None:
+        """Keep what the backward needs (the boxes and the arguments, not the input)."""
+        ctx.save_for_backward(rois)
+        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+        ctx.args = (scale, sampling_ratio, aligned)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (rois,) = ctx.saved_tensors  # in the compute dtype
+        grad_in = roi_align_input_grad(grad_out.to(rois.dtype), rois, ctx.input_shape, *ctx.args,
+                                       out_dtype=ctx.input_dtype)
+        return grad_in, None, None, None, None, None, None
 
 
 def _sum_dense(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor, divisor: Tensor,

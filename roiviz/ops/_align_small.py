@@ -19,9 +19,8 @@ import functools
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._align_grad import roi_align_input_grad
+from ._align_grad import ExactGradFunction
 from ._common import channels_last
 
 #: Largest ``K * C * H * W * max(PH, PW)`` handled here (beyond it the window path wins).
@@ -54,22 +53,12 @@ def roi_align_small(
     return _RoIAlignSmall.apply(input, rois.detach(), ph_n, pw_n, scale, sampling_ratio, aligned)
 
 
-class _RoIAlignSmall(torch.autograd.Function):
+class _RoIAlignSmall(ExactGradFunction):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
                 aligned: bool) -> Tensor:
-        ctx.save_for_backward(rois)
-        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
-        ctx.args = (scale, sampling_ratio, aligned)
+        ExactGradFunction.remember(ctx, input, rois, scale, sampling_ratio, aligned)
         return _forward(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        (rois,) = ctx.saved_tensors
-        grad_in = roi_align_input_grad(grad_out.to(rois.dtype), rois, ctx.input_shape, *ctx.args,
-                                       out_dtype=ctx.input_dtype)
-        return grad_in, None, None, None, None, None, None
 
 
 def _forward(
