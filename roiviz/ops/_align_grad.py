@@ -52,8 +52,12 @@ from ._common import (
     workspace,
 )
 
-#: Bytes of terms per chunk of ROIs (measured: 256 KiB to 16 MiB all perform alike here).
-CHUNK_BYTES = 1 << 22
+#: Bytes of terms per chunk of ROIs. Measured on the benchmark workloads: each operation costs
+#: tens of microseconds of thread start-up, so W1's small ROIs (0.8 MiB of terms each) gain
+#: 15 % from 16 MiB chunks over 4 MiB ones, while W3's large ones (3.2 MiB) run best one at a
+#: time (20 % slower two at a time): ROIs of at least ONE_ROI_BYTES go alone.
+CHUNK_BYTES = 1 << 24
+ONE_ROI_BYTES = 1 << 20
 #: Spare rows that receive the skipped samples, spread so that no single row is a hot spot.
 SPARE_ROWS = 64
 #: Below this fraction of counted samples (adaptive grids of mixed sizes), the skipped entries are
@@ -180,7 +184,8 @@ def _sum_dense(grad_in: Tensor, grad_bins: Tensor, dest: Tensor, weight: Tensor,
     """Every entry, skipped samples included (weight 0, sent to a spare row): one broadcast product."""
     k_n, bins, c_n = grad_bins.shape
     taps = weight.shape[2]
-    kc = min(k_n, max(1, CHUNK_BYTES // (bins * taps * c_n * grad_bins.element_size())))
+    per_roi = bins * taps * c_n * grad_bins.element_size()
+    kc = 1 if per_roi >= ONE_ROI_BYTES else min(k_n, max(1, CHUNK_BYTES // per_roi))
     buf = workspace("align_grad_terms", (kc, bins, taps, c_n), grad_bins.dtype, grad_bins.device)
     rows_buf = workspace("align_grad_rows", (kc, bins, c_n), grad_bins.dtype, grad_bins.device)
     index = dest[:, :, None].expand(k_n, dest.shape[1], c_n)  # [K, entries, C], no copy
