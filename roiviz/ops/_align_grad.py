@@ -142,16 +142,15 @@ def roi_align_input_grad(
         weight = (wy.view(shape_y) * wx.view(shape_x)).view(k_n, ph_n * pw_n, -1, 1)  # hy*hx, hy*lx, ly*hx, ly*lx
         n_terms = (oky.flatten(1).sum(1) * okx.flatten(1).sum(1) * 4).cpu().numpy()  # the kernel's terms per ROI
         grad_bins = grad_out.reshape(k_n, c_n, ph_n * pw_n).transpose(1, 2)  # [K, PH*PW, C], a view
-        plan = (grad_bins, dest, weight, divisor, divide)
-        n_entries = dest.shape[1]
+        n_entries, counted = dest.shape[1], int(n_terms.sum())
         ok = (oky.view(*shape_y[:-2], 1, 1) & okx.view(*shape_x[:-2], 1, 1)).expand(k_n, ph_n, pw_n, gh_max, gw_max, 2, 2)
-        if n_terms.sum() >= COMPACT_BELOW * k_n * n_entries:
-            if n_terms.sum() < k_n * n_entries:  # skipped samples: their (0) terms go to spare rows
+        if counted >= COMPACT_BELOW * k_n * n_entries:
+            if counted < k_n * n_entries:  # skipped samples: their (0) terms go to spare rows
                 spare = cells + torch.arange(n_entries, device=device) % SPARE_ROWS
                 dest = torch.where(ok.reshape(k_n, -1), dest, spare)
             _sum_dense(grad_in, grad_bins, dest, weight, divisor, divide)
         else:
-            _sum_compact(grad_in, *plan, ok.reshape(k_n, -1), n_terms)
+            _sum_compact(grad_in, grad_bins, dest, weight, divisor, divide, ok.reshape(k_n, -1), n_terms)
     return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
 
 
