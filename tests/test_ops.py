@@ -283,3 +283,98 @@ def test_clear_workspace_frees_the_reused_buffers():
     assert not _common._WORKSPACE.__dict__.get("buffers")
     again = roiviz.roi_align(x.detach(), boxes, 7, 1.0, 2, True)  # and works after clearing
     torch.testing.assert_close(again, roiviz.reference.roi_align(x.detach(), boxes[:2], 7, 1.0, 2, True).repeat(40, 1, 1, 1))
+
+
+# ------------------------------------------------------------------ recycled outputs
+
+RECYCLE_OPS = {
+    "roi_align": lambda x, b: roiviz.roi_align(x, b, 7, 0.5, 2, True),
+    "roi_align sr=-1": lambda x, b: roiviz.roi_align(x, b, 7, 0.5, -1, True),
+    "roi_pool": lambda x, b: roiviz.roi_pool(x, b, 7, 0.5),
+}
+HOLDERS = {
+    "the tensor": lambda out: out,
+    "a view": lambda out: out[1:],
+    "a NumPy array": lambda out: out.detach().numpy(),
+    "an autograd graph": lambda out: out * torch.ones((), requires_grad=True),  # saves out for backward
+}
+
+
+def _recycle_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 64, 64, 64, generator=g)  # outputs of 100 ROIs: 1.2 MiB, recycled
+    xy = torch.rand(100, 2, generator=g) * 90
+    wh = torch.rand(100, 2, generator=g) * 40 + 1
+    batch = torch.randint(0, 2, (100, 1), generator=g).float()
+    return x, torch.cat([batch, xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+@pytest.mark.parametrize("name", RECYCLE_OPS)
+def test_an_output_is_never_recycled_while_anything_holds_it(name, holder):
+    from roiviz.ops import _common
+
+    fn = RECYCLE_OPS[name]
+    x, boxes = _recycle_case(0)
+    x2, boxes2 = _recycle_case(1)
+    out = fn(x, boxes)
+    assert out.numel() * out.element_size() >= _common.RECYCLE_BYTES
+    kept = HOLDERS[holder](out)
+    snapshot = torch.tensor(kept.detach().numpy() if isinstance(kept, torch.Tensor) else kept).clone()
+    ptr = out.data_ptr()
+    del out
+    for _ in range(3):  # more calls than slots would need, with another input each time
+        other = fn(x2, boxes2)
+        assert other.data_ptr() != ptr
+        del other
+    now = kept.detach().numpy() if isinstance(kept, torch.Tensor) else kept
+    assert torch.equal(torch.tensor(now), snapshot)
+
+
+@pytest.mark.parametrize("name", RECYCLE_OPS)
+def test_a_dropped_output_is_recycled_and_the_result_is_unchanged(name):
+    fn = RECYCLE_OPS[name]
+    x, boxes = _recycle_case(0)
+    x2, boxes2 = _recycle_case(1)
+    first = fn(x, boxes)
+    expected, ptr = first.clone(), first.data_ptr()
+    del first
+    second = fn(x2, boxes2)
+    assert second.data_ptr() == ptr  # the dropped output's memory, reused
+    torch.testing.assert_close(second, fn(x2, boxes2).clone(), rtol=0, atol=0)
+    del second
+    torch.testing.assert_close(fn(x, boxes), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", RECYCLE_OPS)
+def test_recycled_gradients_stay_intact_while_held(name):
+    fn = RECYCLE_OPS[name]
+    x, boxes = _recycle_case(0)
+    x2, boxes2 = _recycle_case(1)
+    xg, x2g = x.requires_grad_(), x2.requires_grad_()
+    (grad,) = torch.autograd.grad(fn(xg, boxes).sum(), xg)  # 2 MiB: recycled once dropped
+    snapshot = grad.clone()
+    for _ in range(3):
+        (other,) = torch.autograd.grad(fn(x2g, boxes2).sum(), x2g)
+        assert other.data_ptr() != grad.data_ptr()
+        del other
+    assert torch.equal(grad, snapshot)
+
+
+def test_an_output_moved_to_shared_memory_is_not_recycled():
+    # Sent to another process (a DataLoader worker's result), its pages may still be read there.
+    x, boxes = _recycle_case(0)
+    out = roiviz.roi_align(x, boxes, 7, 0.5, 2, True).share_memory_()
+    ptr = out.data_ptr()
+    del out
+    assert roiviz.roi_align(x, boxes, 7, 0.5, 2, True).data_ptr() != ptr
+
+
+def test_clear_workspace_frees_the_recycled_outputs():
+    from roiviz.ops import _common
+
+    x, boxes = _recycle_case(0)
+    roiviz.roi_pool(x, boxes, 7, 0.5)
+    assert _common._WORKSPACE.__dict__.get("outputs")
+    roiviz.clear_workspace()
+    assert not _common._WORKSPACE.__dict__.get("outputs")

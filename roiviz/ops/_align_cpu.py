@@ -45,8 +45,8 @@ from ..boxes import compute_dtype
 from ._align_grad import ExactGradFunction
 from ._common import (
     align_geometry,
-    empty,
     interpolation_1d,
+    output_empty,
     sample_coords,
     workspace,
 )
@@ -193,7 +193,7 @@ class _RoIAlignCPU(ExactGradFunction):
         # Channels-last copy [N*H*W, C] into a reused buffer (not saved: the backward needs no input).
         x = workspace("align_input", (n_n, height, width, c_n), compute_dtype(input.dtype))
         x = x.copy_(input.permute(0, 2, 3, 1)).view(-1, c_n)
-        out = empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
+        out = output_empty((k_n, c_n, ph_n, pw_n), x.dtype, x.device)
         plan = _plan(rois, ph_n, pw_n, scale, sampling_ratio, aligned, height, width, c_n) if k_n else None
         if plan is None:
             return out.to(input.dtype)

@@ -45,9 +45,9 @@ from torch.autograd.function import once_differentiable
 
 from ._common import (
     align_geometry,
-    empty,
     from_channels_last,
     interpolation_1d,
+    output_empty,
     sample_coords,
     workspace,
 )
@@ -151,7 +151,7 @@ def roi_align_input_grad(
             _sum_dense(grad_in, grad_bins, dest, weight, divisor, divide)
         else:
             _sum_compact(grad_in, grad_bins, dest, weight, divisor, divide, ok.reshape(k_n, -1), n_terms)
-    return from_channels_last(grad_in[:cells], empty(input_shape, out_dtype or dtype, device))
+    return from_channels_last(grad_in[:cells], output_empty(input_shape, out_dtype or dtype, device))
 
 
 class ExactGradFunction(torch.autograd.Function):

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..boxes import BoxesLike, compute_dtype, round_half_away
-from ._common import empty, prepare, workspace
+from ._common import output_empty, prepare, workspace
 
 __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
 
@@ -286,7 +286,7 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     at = first + ((batch * (height - bh + 1) + hstart[:, :, None]) * (width - bw + 1) + wstart[:, None, :])
     at = torch.where(inside, at, 0).view(-1)  # [K*PH*PW]
     bins = ph_n * pw_n
-    arg = torch.empty(k_n * bins, c_n, dtype=torch.int32, device=x.device) if track else None
+    arg = output_empty((k_n * bins, c_n), torch.int32, x.device) if track else None
     kc = min(k_n, max(1, CHUNK_BYTES // (2 * bins * c_n * x.element_size())))
     pad = max(1, 64 // x.element_size())  # rows padded by a cache line, see _forward
     buf = workspace("pool_best", (kc * bins, c_n + pad), x.dtype, x.device)[:, :c_n]
@@ -317,7 +317,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     edges = roi_pool_bin_edges(rois, scale, ph_n, pw_n, height, width)
     hstart, hend, wstart, wend = edges
     dtype = compute_dtype(input.dtype)
-    out = empty((k_n, c_n, ph_n, pw_n), dtype, input.device)
+    out = output_empty((k_n, c_n, ph_n, pw_n), dtype, input.device)
     bins = ph_n * pw_n
     arg = None
     if k_n == 0:
@@ -328,7 +328,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     bh, bw = _bin_extents(edges)
     groups = _group(bh, bw, width)
     if track:
-        arg = torch.empty(k_n, bins, c_n, dtype=torch.int32, device=input.device)
+        arg = output_empty((k_n, bins, c_n), torch.int32, input.device)
     empty_bin = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
     pairs = _bin_shapes(edges, empty_bin, width)
     sentinel = n_cells = n_n * height * width
@@ -461,7 +461,7 @@ class _RoIPoolFunction(torch.autograd.Function):
             index = workspace("pool_grad_index", (rows, c_n), torch.long, device).copy_(arg.view(-1, c_n))
             # Each output sends its gradient to its first maximum (kernel order per channel).
             grad_in.scatter_add_(0, index, grad.view(rows, c_n))
-        grad_nchw = empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
+        grad_nchw = output_empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
         grad_nchw.copy_(grad_in[:-2].unflatten(0, (n_n, height, width)).permute(0, 3, 1, 2))
         return grad_nchw, None, None, None, None, None
 
