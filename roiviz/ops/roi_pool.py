@@ -210,7 +210,10 @@ def _bin_shapes(edges: tuple[Tensor, Tensor, Tensor, Tensor], empty_bin: Tensor,
     """The distinct ``(rows, cols)`` shapes of the non-empty bins (read on the host)."""
     hstart, hend, wstart, wend = edges
     code = (hend - hstart)[:, :, None] * (width + 2) + (wend - wstart)[:, None, :]  # [K, PH, PW]
-    return [(c // (width + 2), c % (width + 2)) for c in torch.unique(code[~empty_bin]).tolist()]
+    # Counted, not sorted: the codes are small (rows * (W + 2) + cols), and sorting every bin
+    # was half a millisecond of a W3 forward.
+    present = torch.bincount(code[~empty_bin]).nonzero()[:, 0]
+    return [(c // (width + 2), c % (width + 2)) for c in present.tolist()]
 
 
 def _row_maxima(x: Tensor, b: int, cache: dict[int, Tensor]) -> Tensor:
