@@ -181,13 +181,14 @@ def _build_row_tables(table: Tensor, n_cells: int, widths: int) -> None:
 
     ``table`` is ``[2 + widths * n_cells, C]``: the channels-last input (rows ``0 .. n_cells``),
     the -FLT_MAX and zero rows, then table ``b`` from row ``2 + (b - 1) * n_cells``. Entries whose
-    cells run past a map row are never read (a bin ends inside its row). Max is exact.
+    cells run past a map row are never read (a bin ends inside its row). Max is exact, and
+    idempotent: table ``b`` is the max of two neighbouring rows of table ``b - 1``, which reads
+    one table where ``max(table b - 1, input)`` would read two (a pass over memory less).
     """
-    x = table[:n_cells]
-    prev = x
+    prev = table[:n_cells]
     for b in range(2, widths + 1):
         start = 2 + (b - 1) * n_cells
-        prev = torch.maximum(prev[: n_cells - b + 1], x[b - 1 :], out=table[start : start + n_cells - b + 1])
+        prev = torch.maximum(prev[: n_cells - b + 1], prev[1 : n_cells - b + 2], out=table[start : start + n_cells - b + 1])
 
 
 def _bin_extents(edges: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
