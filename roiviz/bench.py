@@ -628,10 +628,10 @@ def fresh_memory_ms(mib: int = 64, repeats: int = 5) -> float:
     """Milliseconds the first write to ``mib`` MiB of fresh memory costs more than a rewrite.
 
     That is the page-fault cost of new allocations (median of ``repeats``). roiviz's CPU ops
-    are bound by memory, and writing their fresh output is a large part of a forward pass (49
-    MiB for W1), while torchvision's kernels are bound by arithmetic; on the VM the benchmarks
-    ran on this cost moved between runs (cheap in some, ~11 ms per 49 MiB in others), and the
-    forward ratios with it. It is recorded with every run (``fresh_memory_ms_per_64mib``).
+    are bound by memory and write large outputs (49 MiB for W1); they recycle the memory of
+    dropped outputs to avoid this cost, torchvision's kernels (bound by arithmetic) pay it on
+    every call. On the VM the benchmarks ran on it moved between runs (cheap in some, ~11 ms
+    per 49 MiB in others). It is recorded with every run (``fresh_memory_ms_per_64mib``).
 
     Examples
     --------
