@@ -38,6 +38,7 @@ __all__ = [
     "roi_align_backward",
     "roi_align_sample_points",
     "roi_pool",
+    "roi_pool_backward",
     "roi_pool_bins",
 ]
 
@@ -148,6 +149,55 @@ def roi_pool(
                                 best = v
                     out[k, c, ph, pw] = best
     return out.to(input.device)
+
+
+def roi_pool_backward(
+    input: torch.Tensor, boxes: BoxesLike, grad_output: torch.Tensor, spatial_scale: float = 1.0
+) -> torch.Tensor:
+    """Reference gradient of :func:`roi_pool` with respect to ``input``, in torchvision's order.
+
+    Every output element ``(k, c, ph, pw)`` sends its gradient to the first maximum of its bin
+    (row-major, strictly greater than the running maximum, which starts at -FLT_MAX), one
+    addition at a time in the order ``(k, ph, pw)`` per input cell: the order of torchvision's
+    CPU kernel, so the result is bit-identical to it. A bin that is empty, or holds nothing
+    above -FLT_MAX (only -inf or NaN), sends nothing. The output size is ``grad_output``'s.
+
+    Examples
+    --------
+    Two boxes share the maximum 15 of a 4x4 map: it receives both gradients.
+
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> boxes = torch.tensor([[0, 0., 0., 3., 3.], [0, 2., 2., 3., 3.]])
+    >>> roi_pool_backward(x, boxes, torch.tensor([1., 2.]).reshape(2, 1, 1, 1))[0, 0]
+    tensor([[0., 0., 0., 0.],
+            [0., 0., 0., 0.],
+            [0., 0., 0., 0.],
+            [0., 0., 0., 3.]])
+    """
+    input, rois, _, _, scale = _prepare(input, boxes, 1, spatial_scale)
+    k_n, (n_n, c_n, height, width) = rois.shape[0], input.shape
+    if grad_output.dim() != 4 or grad_output.shape[:2] != (k_n, c_n):
+        raise ValueError(f"grad_output must have shape [{k_n}, {c_n}, PH, PW], got {list(grad_output.shape)}")
+    ph_n, pw_n = grad_output.shape[2:]
+    grad = np.zeros((n_n, c_n, height, width), dtype=_np_dtype(input.dtype))
+    g_out = grad_output.detach().cpu().to(compute_dtype(input.dtype)).numpy()
+    x = input.detach().cpu()
+    for k in range(k_n):
+        b = int(rois[k, 0])
+        bins = roi_pool_bins(rois[k].cpu(), ph_n, pw_n, scale, height, width, input.dtype)
+        for c in range(c_n):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    hstart, hend, wstart, wend = bins[ph][pw]
+                    best, arg = -_FLT_MAX, None
+                    for h in range(hstart, hend):
+                        for w in range(wstart, wend):
+                            v = float(x[b, c, h, w])
+                            if v > best:  # strict: the first maximum wins
+                                best, arg = v, (h, w)
+                    if arg is not None:
+                        grad[b, c, arg[0], arg[1]] += g_out[k, c, ph, pw]  # one rounded add per output
+    return torch.from_numpy(grad).to(input.dtype).to(input.device)
 
 
 # --------------------------------------------------------------------------------------------

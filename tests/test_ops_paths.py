@@ -281,8 +281,8 @@ def test_roi_pool_nan_and_infinities_follow_the_strict_greater_rule(pool_chunks)
                         [0.0, 0.0, -5.0, -5.0]]]], requires_grad=True)
     boxes = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]])
     out = roiviz.roi_pool(x, boxes, 2, 1.0)
-    # Output and gradient as torchvision 0.29 gives them (checked live; roiviz.reference gives
-    # -inf for the all -inf bin, where the kernel keeps its start value -FLT_MAX).
+    # Output and gradient as torchvision 0.29 gives them (checked live): the all -inf bin keeps
+    # the kernel's start value -FLT_MAX (not 0, not -inf).
     flt_max = torch.finfo(torch.float32).max
     assert out[0, 0].tolist() == [[2.0, -flt_max], [float("inf"), -5.0]]
     out.sum().backward()
@@ -301,6 +301,50 @@ def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_chunks):
     for y, x_ in [(0, 0), (0, 2), (2, 0), (2, 2), (1, 1), (1, 2), (2, 1), (2, 2)]:  # first cell of each bin
         expected[y, x_] += 1.0
     assert torch.equal(x.grad[0, 0], expected) and torch.equal(x.grad[0, 1], expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), path=st.sampled_from(sorted(POOL_PATHS)),
+       chunk_bytes=st.sampled_from([1, 1 << 22]), seed=st.integers(0, 2**16))
+def test_roi_pool_gradient_is_the_reference_bit_for_bit(case, path, chunk_bytes, seed):
+    """The gradient adds each output into its cell in the kernel's order (k, ph, pw): the
+    reference's loops, bit for bit, with gradients of mixed magnitudes (where order shows)."""
+    x, boxes, output_size, scale = case
+    xg = x.detach().requires_grad_(True)
+    saved = roi_pool_module.MAP_COST, roi_pool_module.CHUNK_BYTES
+    try:
+        roi_pool_module.MAP_COST, roi_pool_module.CHUNK_BYTES = POOL_PATHS[path], chunk_bytes
+        out = roiviz.roi_pool(xg, boxes, output_size, scale)
+        gen = torch.Generator().manual_seed(seed)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=out.dtype) * 10.0 ** torch.randint(-4, 5, out.shape, generator=gen)
+        (grad,) = torch.autograd.grad(out, xg, grad_out)
+    finally:
+        roi_pool_module.MAP_COST, roi_pool_module.CHUNK_BYTES = saved
+    assert torch.equal(grad, reference.roi_pool_backward(x, boxes, grad_out, scale))
+
+
+def test_roi_pool_gradient_adds_many_outputs_into_one_cell_in_the_kernel_order(pool_chunks):
+    # 64 boxes around one maximum: its cell receives a gradient from every bin of every box it
+    # lies in (ROI Pool's bins overlap), whose float32 sum depends on the order. The reverse order gives another sum here, so the
+    # test fails if the additions are reordered.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.zeros(1, 2, 8, 8)
+    x[0, :, 4, 4] = 1.0
+    low = torch.randint(0, 5, (64, 2), generator=gen).float()
+    high = torch.randint(4, 8, (64, 2), generator=gen).float()
+    boxes = torch.cat([torch.zeros(64, 1), low, high], 1)
+    xg = x.clone().requires_grad_(True)
+    out = roiviz.roi_pool(xg, boxes, 3)
+    grad_out = torch.randn(out.shape, generator=gen) * 10.0 ** torch.randint(-4, 5, out.shape, generator=gen)
+    (grad,) = torch.autograd.grad(out, xg, grad_out)
+    assert torch.equal(grad, reference.roi_pool_backward(x, boxes, grad_out))
+    sent = grad_out[:, 0][out[:, 0].detach() == 1.0]  # in (k, ph, pw) order
+    forward = backward = torch.zeros((), dtype=torch.float32)
+    for g in sent:
+        forward = forward + g
+    for g in sent.flip(0):
+        backward = backward + g
+    assert len(sent) >= 64 and forward != backward and grad[0, 0, 4, 4] == forward
 
 
 def test_roi_pool_large_bins_with_ties_match_between_paths(monkeypatch):
