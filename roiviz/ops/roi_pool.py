@@ -32,6 +32,9 @@ gathers and the output writes ~10 (a 40 MB output, in recycled memory: see
 :func:`~roiviz.ops._common.output_empty`), the maxima ~2.5, and Python and index arithmetic
 the rest (timed step by step, 2026-11-24). The gradient's argmax is found only when autograd
 records a graph: it needs every cell of every bin and costs two to three times the forward.
+It is saved channels first, ``[C, K, PH*PW]``, so that the backward adds every output into
+its cell one channel at a time, in the kernel's order (bit-exact; checked against the loops
+of :func:`roiviz.reference.roi_pool_backward`): W3 backward 40 -> 24 ms.
 """
 
 from __future__ import annotations
@@ -291,17 +294,21 @@ def _forward_maps(x: Tensor, rois: Tensor, edges: tuple[Tensor, Tensor, Tensor, 
     at = first + ((batch * (height - bh + 1) + hstart[:, :, None]) * (width - bw + 1) + wstart[:, None, :])
     at = torch.where(inside, at, 0).view(-1)  # [K*PH*PW]
     bins = ph_n * pw_n
-    arg = output_empty((k_n * bins, c_n), torch.int32, x.device) if track else None
+    # The saved argmax is channels first, [C, K, PH*PW] (see the backward), written from each
+    # chunk's look-ups like the output: through a buffer whose rows are padded by a cache line.
+    arg = output_empty((c_n, k_n, bins), torch.int32, x.device) if track else None
     kc = min(k_n, max(1, CHUNK_BYTES // (2 * bins * c_n * x.element_size())))
     pad = max(1, 64 // x.element_size())  # rows padded by a cache line, see _forward
     buf = workspace("pool_best", (kc * bins, c_n + pad), x.dtype, x.device)[:, :c_n]
+    won_buf = workspace("pool_won", (kc * bins, c_n + pad), torch.int32, x.device)[:, :c_n] if track else None
     for a in range(0, k_n, kc):
         b = min(a + kc, k_n)
         rows = at[a * bins : b * bins]
         vals = torch.index_select(table, 0, rows, out=buf[: (b - a) * bins])
         if arg is not None:
-            won = torch.index_select(cells, 0, rows, out=arg[a * bins : b * bins])
+            won = torch.index_select(cells, 0, rows, out=won_buf[: (b - a) * bins])
             won.masked_fill_(vals <= -_FLT_MAX, n_n * height * width)  # nothing beat the start value
+            arg[:, a:b].copy_(won.unflatten(0, (b - a, bins)).permute(2, 0, 1))
         out[a:b].view(b - a, c_n, bins).copy_(vals.unflatten(0, (b - a, bins)).transpose(1, 2))
     return out, arg
 
@@ -311,7 +318,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     """Output ``[K, C, PH, PW]`` (compute dtype) and, if ``track``, where each output's maximum is.
 
     Many ROIs on a small map take :func:`_forward_maps`; otherwise every cell of every bin is
-    visited in chunks. Either way the saved argmax ``[K*PH*PW, C]`` (int32) is the input cell
+    visited in chunks. Either way the saved argmax ``[C, K, PH*PW]`` (int32) is the input cell
     ``n*H*W + h*W + w`` of each output's first maximum, or ``N*H*W`` when no cell beat the start
     value (only -inf/NaN) or ``N*H*W + 1`` for an empty bin: the kernel's argmax -1, whose
     gradient is dropped (both rows are trash rows of the backward).
@@ -333,7 +340,7 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     bh, bw = _bin_extents(edges)
     groups = _group(bh, bw, width)
     if track:
-        arg = output_empty((k_n, bins, c_n), torch.int32, input.device)
+        arg = output_empty((c_n, k_n, bins), torch.int32, input.device)  # channels first, see the backward
     empty_bin = (hend <= hstart)[:, :, None] | (wend <= wstart)[:, None, :]  # [K, PH, PW]
     pairs = _bin_shapes(edges, empty_bin, width)
     sentinel = n_cells = n_n * height * width
@@ -380,6 +387,8 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     if track:
         most = (min(k_n, kc_most) * bins, c_n)
         step_buf = workspace("pool_step", most, torch.long, x.device)
+        # The winning cells, rows padded by a cache line: they are copied channels first.
+        cell_buf = workspace("pool_won", (1, most[0], stride), torch.int32, x.device)[:, :, :c_n]
         run_buf = workspace("pool_run", most, torch.bool, x.device)
         below_buf = workspace("pool_below", most, torch.bool, x.device)
         steps_most = max(r * s for r, s, _ in groups)
@@ -427,10 +436,10 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
                 # The input row read at the winning step: the cell, or a sentinel row (the
                 # -FLT_MAX row, or the zero row of an empty bin: both mean "no argmax").
                 steps_index = index32[:, a * bins : b * bins, None].expand(steps, n, c_n)
-                cell = torch.gather(steps_index, 0, step[None])[0]  # [n, C] int32
+                cell = torch.gather(steps_index, 0, step[None], out=cell_buf[:, :n])[0]  # [n, C] int32
                 if below_start:
                     cell.masked_fill_(best <= -_FLT_MAX, sentinel)  # nothing beat the start value
-                arg.index_copy_(0, ids[a:b], cell.view(b - a, bins, c_n))
+                arg.index_copy_(1, ids[a:b], cell.view(b - a, bins, c_n).permute(2, 0, 1))
             out.index_copy_(0, ids[a:b], best.unflatten(0, (b - a, ph_n, pw_n)).permute(0, 3, 1, 2))
     return out, arg, edges
 
@@ -451,23 +460,22 @@ class _RoIPoolFunction(torch.autograd.Function):
         n_n, c_n, height, width = ctx.input_shape
         k_n = grad_out.shape[0]
         dtype = compute_dtype(ctx.input_dtype)
-        # Channels last, plus trash rows N*H*W, N*H*W + 1 for the outputs with no argmax. It and
-        # the two copies below are work buffers (reused: fresh memory costs a page fault per 4 KiB,
-        # ~37,000 for W3, a large part of this backward's time); only grad_nchw is returned.
         device = grad_out.device
-        # Its rows are padded by a cache line: the transposing copy at the end reads it with a
-        # row stride, and a stride of 1 KiB (C = 256 floats) made that copy ~4x slower.
-        pad = max(1, 64 // torch.empty((), dtype=dtype).element_size())
-        grad_in = workspace("pool_grad_in", (n_n * height * width + 2, c_n + pad), dtype, device)[:, :c_n].zero_()
+        n_cells = n_n * height * width
+        # Channels first, [C, N*H*W + 2]: plus trash columns N*H*W, N*H*W + 1 for the outputs
+        # with no argmax. Each channel's row (109 KB for W3) stays in the cache while its
+        # outputs are added into it, reading the argmax and the gradient in order: a third of
+        # the time of the same scatter channels last, which jumped between rows C apart. The
+        # buffers are reused (fresh memory costs a page fault per 4 KiB); only grad_nchw is returned.
+        grad_in = workspace("pool_grad_in", (c_n, n_cells + 2), dtype, device).zero_()
         if k_n:
-            rows = arg.numel() // c_n
-            grad = workspace("pool_grad_rows", (k_n, *grad_out.shape[2:], c_n), dtype, device)
-            grad.copy_(grad_out.permute(0, 2, 3, 1))  # [K, PH, PW, C]
-            index = workspace("pool_grad_index", (rows, c_n), torch.long, device).copy_(arg.view(-1, c_n))
-            # Each output sends its gradient to its first maximum (kernel order per channel).
-            grad_in.scatter_add_(0, index, grad.view(rows, c_n))
+            grad = workspace("pool_grad_rows", (c_n, k_n, grad_out[0, 0].numel()), dtype, device)
+            grad.copy_(grad_out.reshape(k_n, c_n, -1).transpose(0, 1))  # [C, K, PH*PW]
+            index = workspace("pool_grad_index", (c_n, arg[0].numel()), torch.long, device).copy_(arg.view(c_n, -1))
+            # Each output sends its gradient to its first maximum, in the kernel's order per channel.
+            grad_in.scatter_add_(1, index, grad.view(c_n, -1))
         grad_nchw = output_empty((n_n, c_n, height, width), ctx.input_dtype, grad_out.device)
-        grad_nchw.copy_(grad_in[:-2].unflatten(0, (n_n, height, width)).permute(0, 3, 1, 2))
+        grad_nchw.view(n_n, c_n, -1).copy_(grad_in[:, :n_cells].view(c_n, n_n, -1).transpose(0, 1))
         return grad_nchw, None, None, None, None, None
 
 
