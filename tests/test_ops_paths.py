@@ -291,6 +291,25 @@ def test_roi_pool_nan_and_infinities_follow_the_strict_greater_rule(pool_chunks)
     assert torch.equal(x.grad[0, 0], expected)
 
 
+@pytest.mark.parametrize("row_cost", [0.0, float("inf")], ids=["row tables", "no row tables"])
+def test_roi_pool_without_gradient_reads_nan_and_minus_inf_as_the_start_value(pool_chunks, row_cost, monkeypatch):
+    # Under no_grad a float32 input is rewritten while it is copied (no separate check): the
+    # outputs must still be the kernel's, -FLT_MAX for a bin of only NaN / -inf.
+    monkeypatch.setattr(roi_pool_module, "ROW_TABLE_COST", row_cost)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 11, generator=gen)
+    special = torch.tensor([float("nan"), float("-inf"), float("inf")])
+    x.view(-1)[torch.randint(0, x.numel(), (60,), generator=gen)] = special[torch.randint(0, 3, (60,), generator=gen)]
+    x[1, :, :4, :4] = float("-inf")
+    x[0, 2, 5:, :] = float("nan")
+    boxes = torch.tensor([[0, 0.0, 0.0, 10.0, 8.0], [1, 0.0, 0.0, 3.0, 3.0], [0, 2.0, 5.0, 10.0, 8.0],
+                          [1, 1.0, 2.0, 7.0, 6.0], [0, 4.0, 4.0, 4.0, 4.0]])
+    with torch.no_grad():
+        out = roiviz.roi_pool(x, boxes, (3, 2), 1.0)
+    assert torch.equal(out, reference.roi_pool(x, boxes, (3, 2), 1.0))
+    assert (out == -torch.finfo(torch.float32).max).any()  # some bins hold nothing else
+
+
 def test_roi_pool_ties_send_the_gradient_to_the_first_maximum(pool_chunks):
     x = torch.zeros(1, 2, 5, 5, requires_grad=True)
     boxes = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [0, 1.0, 1.0, 3.0, 3.0], [0, 9.0, 9.0, 9.0, 9.0]])

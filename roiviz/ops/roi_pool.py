@@ -359,12 +359,17 @@ def _forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
     # kernel's strict '>', and plain max / argmax (first occurrence) reproduce it.
     table = workspace("pool_input", (n_cells + 2 + (widths - 1) * n_cells * use_rows, c_n), dtype, input.device)
     x = table[: n_cells + 2]
-    x[:n_cells].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
-    low = x[:n_cells].amin()  # NaN if any NaN, -inf if any -inf: only then is a rewrite needed
-    # Only an input value at or below -FLT_MAX (or NaN) can leave a bin without an argmax.
-    below_start = bool(torch.isnan(low) | (low <= -_FLT_MAX))
-    if below_start:
-        torch.nan_to_num_(x[:n_cells], nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX).clamp_(min=-_FLT_MAX)
+    if track or input.dtype != torch.float32:
+        x[:n_cells].view(n_n, height, width, c_n).copy_(input.permute(0, 2, 3, 1))
+        low = x[:n_cells].amin()  # NaN if any NaN, -inf if any -inf: only then is a rewrite needed
+        # Only an input value at or below -FLT_MAX (or NaN) can leave a bin without an argmax.
+        below_start = bool(torch.isnan(low) | (low <= -_FLT_MAX))
+        if below_start:
+            torch.nan_to_num_(x[:n_cells], nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX).clamp_(min=-_FLT_MAX)
+    else:  # no argmax to find, and nothing in float32 below -FLT_MAX but -inf: rewrite while copying
+        torch.nan_to_num(input.permute(0, 2, 3, 1), nan=-_FLT_MAX, posinf=float("inf"), neginf=-_FLT_MAX,
+                         out=x[:n_cells].view(n_n, height, width, c_n))  # cheaper than copy, then check
+        below_start = False
     x[sentinel].fill_(-_FLT_MAX)
     x[sentinel + 1].zero_()
     if use_maps:
