@@ -26,9 +26,9 @@ value, and empty bins a row of zeros; the input's NaN and -inf (when there are a
 host (the loop bounds), which on a GPU is a synchronisation; roi_align with a fixed sampling
 ratio has none.
 
-On the mask-head workload of the benchmark (W3, two threads, 25-28 ms) the forward is bound
-by memory: the channels-last copy ~4.5 ms, the NaN/-inf check 1.2, the two row tables ~5, the
-gathers and the output writes ~10 (a 40 MB output, in recycled memory: see
+On the mask-head workload of the benchmark (W3, two threads, 25-29 ms) the forward is bound
+by memory: the channels-last copy (NaN and -inf rewritten on the way) ~5 ms, the two row
+tables ~5, the gathers and the output writes ~10 (a 40 MB output, in recycled memory: see
 :func:`~roiviz.ops._common.output_empty`), the maxima ~2.5, and Python and index arithmetic
 the rest (timed step by step, 2026-11-24). The gradient's argmax is found only when autograd
 records a graph: it needs every cell of every bin and costs two to three times the forward.
