@@ -141,14 +141,25 @@ def roi_pool(
                     hstart, hend, wstart, wend = bins[ph][pw]
                     if hend <= hstart or wend <= wstart:
                         continue  # an empty bin is defined to be 0
-                    best = -_FLT_MAX  # the kernel's start value, for every dtype
-                    for h in range(hstart, hend):
-                        for w in range(wstart, wend):
-                            v = float(x[b, c, h, w])
-                            if v > best:  # strict: the first maximum wins
-                                best = v
-                    out[k, c, ph, pw] = best
+                    out[k, c, ph, pw] = _bin_max(x[b, c], bins[ph][pw])[0]
     return out.to(input.device)
+
+
+def _bin_max(plane: torch.Tensor, bin_: tuple[int, int, int, int]) -> tuple[float, tuple[int, int] | None]:
+    """The kernel's maximum of one bin of ``plane [H, W]`` and the cell ``(h, w)`` it came from.
+
+    The running maximum starts at -FLT_MAX (for every dtype) and takes a cell only if it is
+    strictly greater, in row-major order: the first maximum wins, and a bin of only -inf / NaN
+    (or an empty bin) keeps -FLT_MAX with no cell.
+    """
+    hstart, hend, wstart, wend = bin_
+    best, cell = -_FLT_MAX, None
+    for h in range(hstart, hend):
+        for w in range(wstart, wend):
+            v = float(plane[h, w])
+            if v > best:
+                best, cell = v, (h, w)
+    return best, cell
 
 
 def roi_pool_backward(
@@ -188,15 +199,9 @@ def roi_pool_backward(
         for c in range(c_n):
             for ph in range(ph_n):
                 for pw in range(pw_n):
-                    hstart, hend, wstart, wend = bins[ph][pw]
-                    best, arg = -_FLT_MAX, None
-                    for h in range(hstart, hend):
-                        for w in range(wstart, wend):
-                            v = float(x[b, c, h, w])
-                            if v > best:  # strict: the first maximum wins
-                                best, arg = v, (h, w)
-                    if arg is not None:
-                        grad[b, c, arg[0], arg[1]] += g_out[k, c, ph, pw]  # one rounded add per output
+                    cell = _bin_max(x[b, c], bins[ph][pw])[1]
+                    if cell is not None:
+                        grad[b, c, cell[0], cell[1]] += g_out[k, c, ph, pw]  # one rounded add per output
     return torch.from_numpy(grad).to(input.dtype).to(input.device)
 
 
