@@ -144,11 +144,11 @@ def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype,
 def clear_workspace() -> None:
     """Free this thread's work buffers (see :func:`workspace`).
 
-    The CPU ops keep their largest scratch buffers between calls (about 300 MiB after a
+    The CPU ops keep their largest scratch buffers between calls (about 340 MiB after a
     forward and backward of roi_align and roi_pool on a detector-sized input, W1 of
-    :mod:`roiviz.bench`), and the memory of their last few large outputs for reuse once you
-    drop them (:func:`output_empty`), because reusing memory is faster than faulting in
-    fresh pages. Call this when you are done with ROI ops and want that memory back.
+    :mod:`roiviz.bench`), and the memory of their last four large outputs for reuse once you
+    drop them (:func:`output_empty`; 150 MiB there), because reusing memory is faster than
+    faulting in fresh pages. Call this when you are done with ROI ops and want that memory back.
 
     Examples
     --------
