@@ -378,3 +378,14 @@ def test_clear_workspace_frees_the_recycled_outputs():
     assert _common._WORKSPACE.__dict__.get("outputs")
     roiviz.clear_workspace()
     assert not _common._WORKSPACE.__dict__.get("outputs")
+
+
+def test_outputs_beyond_the_recycling_limit_are_not_kept(monkeypatch):
+    # A one-off huge output must not stay alive after it is dropped.
+    from roiviz.ops import _common
+
+    roiviz.clear_workspace()
+    x, boxes = _recycle_case(0)
+    monkeypatch.setattr(_common, "RECYCLE_MAX_BYTES", 1 << 20)  # the 1.2 MiB output is now "huge"
+    roiviz.roi_align(x, boxes, 7, 0.5, 2, True)
+    assert not _common._WORKSPACE.__dict__.get("outputs")

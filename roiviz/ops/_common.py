@@ -161,8 +161,10 @@ def clear_workspace() -> None:
 
 
 #: Returned CPU tensors at least this large are recycled by :func:`output_empty` (smaller ones
-#: come from malloc's heap, which reuses memory without page faults anyway).
+#: come from malloc's heap, which reuses memory without page faults anyway)...
 RECYCLE_BYTES = 1 << 20
+#: ... and at most this large: a one-off huge output is not kept alive after it is dropped.
+RECYCLE_MAX_BYTES = 1 << 28
 #: How many returned tensors' memory each thread keeps for reuse (the least recently used goes).
 RECYCLE_SLOTS = 4
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -174,11 +176,12 @@ def output_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
 
     A large CPU tensor is a fresh ``mmap`` of zero pages from Linux, and writing it costs a page
     fault per 4 KiB: 11 ms of a 38 ms roi_align forward on W1 of :mod:`roiviz.bench` (a 49 MiB
-    output). So each thread keeps the storages of its last few large outputs, and hands one out
-    again (same byte size) once its use count shows that no tensor, view, NumPy array or
-    autograd graph holds it: only then is its memory as free as if it had been released. A
-    storage moved to shared memory (sent to another process) is never reused: the other process
-    may still read it. :func:`clear_workspace` frees the kept storages.
+    output). So each thread keeps the storages of its last few large outputs (four, of 1 to 256
+    MiB: ``RECYCLE_*``), and hands one out again (same byte size) once its use count shows that
+    no tensor, view, NumPy array or autograd graph holds it: only then is its memory as free as
+    if it had been released. A storage moved to shared memory (sent to another process) is
+    never reused: the other process may still read it. :func:`clear_workspace` frees the kept
+    storages.
 
     Examples
     --------
@@ -194,7 +197,8 @@ def output_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     >>> clear_workspace()
     """
     nbytes = math.prod(shape) * dtype.itemsize
-    if device.type != "cpu" or nbytes < RECYCLE_BYTES or _use_count is None or RECYCLE_SLOTS < 1:
+    if (device.type != "cpu" or not RECYCLE_BYTES <= nbytes <= RECYCLE_MAX_BYTES or _use_count is None
+            or RECYCLE_SLOTS < 1):
         return empty(shape, dtype, device)
     kept: list[torch.UntypedStorage] = _WORKSPACE.__dict__.setdefault("outputs", [])
     for i in reversed(range(len(kept))):  # the most recently used first: its pages may be cached
