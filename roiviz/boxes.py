@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ._checks import check_spatial_scale, value_checks_enabled
@@ -95,23 +96,27 @@ def _check_box_tensor(b: object, input: torch.Tensor, columns: int, name: str) -
 
 
 def _check_box_values(rois: torch.Tensor, n: int, name: str) -> None:
-    # One combined reduction, so a GPU pays a single synchronisation.
-    finite = torch.isfinite(rois).all(dim=1)
-    batch = rois[:, 0]
-    whole = batch == torch.floor(batch)
-    in_range = (batch >= 0) & (batch < n)
-    ordered = (rois[:, 3] >= rois[:, 1]) & (rois[:, 4] >= rois[:, 2])
-    bad = torch.stack([~finite, ~whole, ~in_range, ~ordered])  # [4, K]
-    if not bool(bad.any()):
+    # Read on the host with NumPy: one copy of the boxes (on a GPU, the one synchronisation),
+    # then a few microseconds, where the same checks as torch operations cost ~50 us per call
+    # on a handful of boxes (a sixth of a teaching-sized roi_align).
+    a = rois.detach().cpu().numpy()
+    batch = a[:, 0]
+    with np.errstate(invalid="ignore"):  # NaN compares as False, which is what marks it bad
+        finite = np.isfinite(a).all(axis=1)
+        whole = batch == np.floor(batch)
+        in_range = (batch >= 0) & (batch < n)
+        ordered = (a[:, 3] >= a[:, 1]) & (a[:, 4] >= a[:, 2])
+    good = finite & whole & in_range & ordered
+    if good.all():
         return
-    k = int(bad.any(dim=0).nonzero()[0])
-    row = [float(v) for v in rois[k].cpu()]
+    k = int(np.argmin(good))  # the first bad box
+    row = [float(v) for v in a[k]]
     what = f"box {k} (batch_index, x1, y1, x2, y2) = {tuple(row)}"
-    if not bool(finite[k]):
+    if not finite[k]:
         raise ValueError(f"{name}: {what} has a NaN or infinite coordinate")
-    if not bool(whole[k]):
+    if not whole[k]:
         raise ValueError(f"{name}: {what} has a batch index that is not a whole number")
-    if not bool(in_range[k]):
+    if not in_range[k]:
         raise ValueError(f"{name}: {what} has batch index {row[0]:g} outside [0, {n}) for input with N={n}")
     raise ValueError(f"{name}: {what} has x2 < x1 or y2 < y1; boxes must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2")
 
