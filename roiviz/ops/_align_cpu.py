@@ -45,9 +45,8 @@ from ..boxes import compute_dtype
 from ._align_grad import ExactGradFunction
 from ._common import (
     align_geometry,
-    interpolation_1d,
+    axis_taps,
     output_empty,
-    sample_coords,
     workspace,
 )
 
@@ -93,9 +92,7 @@ def axis_samples(
     >>> low, high, w_low, w_high, origin, extent
     (tensor([[[0, 1]]]), tensor([[[1, 2]]]), tensor([[[0.2500, 0.2500]]]), tensor([[[0.2500, 0.2500]]]), tensor([0]), tensor([3]))
     """
-    coord = sample_coords(start, bin_size, grid, g_max, n_bins)  # [K, P, G]
-    inside, low, high, lo_w, hi_w = interpolation_1d(coord, size)
-    ok = inside & (torch.arange(g_max) < grid[:, None, None])  # samples beyond an adaptive grid do not count
+    ok, low, high, lo_w, hi_w = axis_taps(start, bin_size, grid, g_max, n_bins, size)  # [K, P, G]
     inv = (1.0 / grid.clamp(min=1.0))[:, None, None]
     w_high = torch.where(ok, lo_w * inv, 0.0)
     w_low = torch.where(ok, hi_w * inv, 0.0)

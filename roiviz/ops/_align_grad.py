@@ -45,10 +45,9 @@ from torch.autograd.function import once_differentiable
 
 from ._common import (
     align_geometry,
+    axis_taps,
     from_channels_last,
-    interpolation_1d,
     output_empty,
-    sample_coords,
     workspace,
 )
 
@@ -68,9 +67,7 @@ COMPACT_BELOW = 0.75
 def _axis_taps(start: Tensor, bin_size: Tensor, grid: Tensor, g_max: int, n_bins: int,
                size: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(cells, weights, ok)`` along one axis: ``[K, n_bins, g_max, 2]`` for (low, high) taps."""
-    coord = sample_coords(start, bin_size, grid, g_max, n_bins)  # [K, P, G]
-    inside, low, high, lo_w, hi_w = interpolation_1d(coord, size)
-    ok = inside & (torch.arange(g_max, device=start.device) < grid[:, None, None])
+    ok, low, high, lo_w, hi_w = axis_taps(start, bin_size, grid, g_max, n_bins, size)
     return torch.stack([low, high], -1), torch.stack([hi_w, lo_w], -1), ok
 
 

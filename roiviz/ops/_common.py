@@ -270,6 +270,26 @@ def sample_coords(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tenso
     return start[:, None, None] + p * b3 + half * b3 / grid[:, None, None]
 
 
+def axis_taps(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, g_max: int, n_bins: int,
+              size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every sample of every bin along one axis of ``size`` cells: ``(ok, low, high, l, h)``.
+
+    :func:`sample_coords` then :func:`interpolation_1d`, each ``[K, n_bins, g_max]``; ``ok`` is
+    False for the samples the kernel does not count (outside ``[-1, size]``) or does not take
+    (beyond an adaptive grid).
+
+    Examples
+    --------
+    >>> ok, low, high, l, h = axis_taps(torch.tensor([0.]), torch.tensor([2.]), torch.tensor([1.]), 2, 1, 4)
+    >>> ok.tolist(), low.tolist(), l.tolist()
+    ([[[True, False]]], [[[1, 3]]], [[[0.0, 0.0]]])
+    """
+    coord = sample_coords(start, bin_size, grid, g_max, n_bins)  # [K, P, G]
+    inside, low, high, lo_w, hi_w = interpolation_1d(coord, size)
+    ok = inside & (torch.arange(g_max, device=start.device) < grid[:, None, None])
+    return ok, low, high, lo_w, hi_w
+
+
 def interpolation_1d(
     coord: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,14 +29,13 @@ Which paths synchronise with the host (a stall on a GPU):
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
 from ._align_cpu import roi_align_cpu
 from ._align_small import roi_align_small, use_small_path
-from ._common import align_geometry, channels_last, interpolation_1d, prepare
+from ._common import align_geometry, axis_taps, channels_last, prepare
 
 __all__ = ["RoIAlign", "roi_align"]
 
@@ -130,20 +129,16 @@ def _roi_align_gather(
 
     x = channels_last(input)  # [N, H, W, C]
     batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
-    ph = torch.arange(ph_n, dtype=dtype, device=input.device)
-    pw = torch.arange(pw_n, dtype=dtype, device=input.device)
     # Zeros that are part of the graph (an empty sum of x), so that backward works, giving 0,
     # even when no sample is taken (no boxes, or every adaptive grid is 0).
     acc = x.new_zeros(k_n, ph_n, pw_n, c_n) + x.reshape(-1)[:0].sum()  # [K, PH, PW, C]
+    # Every sample along each axis, in torchvision's expressions and order (so float32 is bit-exact).
+    ys = axis_taps(start_h, bin_h, grid_h, max_gh, ph_n, height)  # (ok, low, high, l, h), each [K, PH, GH]
+    xs = axis_taps(start_w, bin_w, grid_w, max_gw, pw_n, width)
     for iy in range(max_gh):
-        # Same expression, same order, as torchvision's kernel (so float32 is bit-exact).
-        y = start_h[:, None] + ph * bin_h[:, None] + (iy + 0.5) * bin_h[:, None] / grid_h[:, None]  # [K, PH]
-        y_ok, y_lo, y_hi, ly, hy = interpolation_1d(y, height)
-        y_ok = y_ok & (iy < grid_h)[:, None]
+        y_ok, y_lo, y_hi, ly, hy = (t[:, :, iy] for t in ys)  # [K, PH]
         for ix in range(max_gw):
-            xx = start_w[:, None] + pw * bin_w[:, None] + (ix + 0.5) * bin_w[:, None] / grid_w[:, None]  # [K, PW]
-            x_ok, x_lo, x_hi, lx, hx = interpolation_1d(xx, width)
-            x_ok = x_ok & (ix < grid_w)[:, None]
+            x_ok, x_lo, x_hi, lx, hx = (t[:, :, ix] for t in xs)  # [K, PW]
             ok = (y_ok[:, :, None] & x_ok[:, None, :]).to(dtype)[..., None]  # [K, PH, PW, 1]
             w1 = (hy[:, :, None] * hx[:, None, :])[..., None] * ok
             w2 = (hy[:, :, None] * lx[:, None, :])[..., None] * ok
