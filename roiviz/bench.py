@@ -55,6 +55,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -638,8 +639,6 @@ def fresh_memory_ms(mib: int = 64, repeats: int = 5) -> float:
     >>> fresh_memory_ms(mib=1, repeats=1) >= 0.0
     True
     """
-    import time
-
     n = mib * (1 << 20) // 4
     costs = []
     for _ in range(repeats):
