@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "boxes_for_crop_and_resize",
     "crop_and_resize",
     "crop_and_resize_loops",
     "roi_align_mmcv",
@@ -760,3 +761,36 @@ def crop_and_resize_loops(image: Tensor, boxes: Tensor, box_indices: Tensor, cro
                 else:
                     out[b, y, x] = img[b_in, c_roundf(in_y), c_roundf(in_x)]
     return torch.from_numpy(out).to(image.device)
+
+
+def boxes_for_crop_and_resize(boxes: Tensor, image_height: int, image_width: int,
+                              crop_size: int | tuple[int, int]) -> Tensor:
+    """Normalised TF boxes that make ``crop_and_resize`` sample where ROI Align samples.
+
+    For pixel boxes ``(x1, y1, x2, y2)`` (pixel ``i`` covers ``[i, i + 1]``), returns
+    ``(y1, x1, y2, x2)`` in TF's normalised form such that
+    ``crop_and_resize(image, result, idx, crop_size)`` samples exactly the points of
+    ``roi_align(..., output_size=crop_size, sampling_ratio=1, aligned=True)``: the bin centres
+    ``x1 - 0.5 + (p + 0.5) * (x2 - x1) / PW``. That is the correction detectors built on TF
+    (tensorpack's ``crop_and_resize`` wrapper) apply. Inside the image the two agree up to float
+    rounding; outside it TF uses ``extrapolation_value`` where ROI Align clamps or gives 0.
+
+    Examples
+    --------
+    >>> boxes_for_crop_and_resize(torch.tensor([[0., 0., 4., 4.]]), 5, 5, 2)
+    tensor([[0.1250, 0.1250, 0.6250, 0.6250]])
+    """
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be a Tensor[K, 4] of (x1, y1, x2, y2), got {getattr(boxes, 'shape', boxes)!r}")
+    ch_n, cw_n = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+    b = boxes.double()
+
+    def axis(lo: Tensor, hi: Tensor, n: int, size: int) -> tuple[Tensor, Tensor]:
+        bin_ = (hi - lo) / n
+        first = lo - 0.5 + 0.5 * bin_  # index-space centre of the first bin
+        last = lo - 0.5 + (n - 0.5) * bin_
+        return first / (size - 1), last / (size - 1)
+
+    y1, y2 = axis(b[:, 1], b[:, 3], ch_n, image_height)
+    x1, x2 = axis(b[:, 0], b[:, 2], cw_n, image_width)
+    return torch.stack([y1, x1, y2, x2], dim=1).to(boxes.dtype)
