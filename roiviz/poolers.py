@@ -35,6 +35,7 @@ from .ops.roi_align import roi_align
 
 __all__ = [
     "MultiScaleRoIAlign",
+    "image_pyramid",
     "infer_scales",
     "level_boundaries",
     "map_levels",
@@ -191,6 +192,33 @@ def infer_scales(features: Sequence[Tensor], image_shapes: Sequence[tuple[int, i
     k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
     k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
     return scales, k_min, k_max
+
+
+def image_pyramid(image: Tensor, levels: Sequence[int] = (2, 3, 4, 5)) -> dict[str, Tensor]:
+    """A stand-in feature pyramid: level ``k`` is ``image`` averaged over ``2**k x 2**k`` blocks.
+
+    Cell ``(i, j)`` of level ``k`` covers image pixels ``[i * 2**k, (i + 1) * 2**k)``, the
+    geometry of a real FPN level of stride ``2**k`` (and what :func:`infer_scales` assumes), but
+    its "features" are the image itself, so what each level pools can be looked at directly.
+    Sides that are not a multiple of ``2**k`` are zero-padded at the end (``ceil(H / 2**k)`` cells).
+
+    Returns ``{"p2": Tensor[N, C, ceil(H/4), ceil(W/4)], "p3": ...}``, finest first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> {k: tuple(v.shape) for k, v in image_pyramid(torch.zeros(1, 3, 100, 64)).items()}
+    {'p2': (1, 3, 25, 16), 'p3': (1, 3, 13, 8), 'p4': (1, 3, 7, 4), 'p5': (1, 3, 4, 2)}
+    """
+    if not isinstance(image, Tensor) or image.dim() != 4 or not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point Tensor[N, C, H, W], got {getattr(image, 'shape', image)!r}")
+    out = {}
+    for k in levels:
+        s = 2 ** int(k)
+        h, w = image.shape[-2:]
+        padded = torch.nn.functional.pad(image, (0, -w % s, 0, -h % s))
+        out[f"p{k}"] = torch.nn.functional.avg_pool2d(padded, s)
+    return out
 
 
 def _filter(x: object, featmap_names: Sequence[str]) -> list[Tensor]:

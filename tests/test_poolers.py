@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import roiviz
 from roiviz.poolers import (
     MultiScaleRoIAlign,
+    image_pyramid,
     infer_scales,
     level_boundaries,
     map_levels,
@@ -229,3 +230,13 @@ def test_exported_at_the_top() -> None:
 def test_bad_input(call, error, match) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+def test_image_pyramid_geometry_is_what_infer_scales_expects() -> None:
+    image = torch.arange(64.0).reshape(1, 1, 8, 8)
+    pyr = image_pyramid(image, (1, 2, 3))
+    assert list(pyr) == ["p1", "p2", "p3"]
+    assert pyr["p1"][0, 0, 0, 0].item() == (0 + 1 + 8 + 9) / 4  # cell (0, 0) averages pixels [0, 2)^2
+    assert pyr["p3"].item() == image.mean().item()
+    assert infer_scales(list(pyr.values()), [(8, 8)]) == ([0.5, 0.25, 0.125], 1, 3)
+    assert tuple(image_pyramid(torch.zeros(1, 1, 9, 5), (2,))["p2"].shape) == (1, 1, 3, 2)
