@@ -28,7 +28,8 @@ zero weight for samples outside the map).
 
 Every function takes and returns torch tensors, runs on any device (vectorised over boxes and
 bins; it loops only over the samples of a bin, in the framework's order, so that float32
-results are bit-identical to the framework's CPU kernel), and raises :class:`TypeError` or
+results are bit-identical to the framework's CPU kernel — a large adaptive grid therefore
+costs one pass per sample), and raises :class:`TypeError` or
 :class:`ValueError` naming the argument on bad input. The ``*_loops`` functions are the same
 conventions written as plain per-element loops: the oracles the tests compare against.
 

@@ -322,3 +322,28 @@ def test_same_numbers_on_cuda() -> None:
     np.testing.assert_array_equal(
         cv.crop_and_resize(img.cuda(), b.cuda(), idx[:4].cuda(), (3, 3)).cpu().numpy(),
         cv.crop_and_resize(img, b, idx[:4], (3, 3)).numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# Gradients (mmcv and TF define them; ONNX has none, but the same graph differentiates)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool_mode", ["avg", "max"])
+def test_mmcv_gradcheck(pool_mode: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 2, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.7, 5.1, 4.4], [0, 2.2, 1.1, 6.9, 5.3]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: cv.roi_align_mmcv(t, rois, (2, 3), 1.0, 2, pool_mode), (x,))
+
+
+def test_crop_and_resize_gradcheck() -> None:
+    g = torch.Generator().manual_seed(12)
+    image = torch.randn(1, 5, 6, 2, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[0.1, 0.2, 0.9, 0.7], [0.8, 0.9, 0.1, 0.3]])
+
+    def f(t: torch.Tensor) -> torch.Tensor:  # crop_and_resize computes in float32, as TF does
+        return cv.crop_and_resize(t.float(), boxes, torch.tensor([0, 0]), (3, 4)).double()
+
+    x = image.requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-3, atol=1e-3, rtol=1e-3)
