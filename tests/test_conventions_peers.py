@@ -110,3 +110,18 @@ def test_crop_and_resize_refuses_what_tensorflow_refuses(tf) -> None:
         tf.image.crop_and_resize(image, boxes + np.inf, np.array([0], np.int32), (2, 2))
     with pytest.raises(ValueError, match="finite"):
         cv.crop_and_resize(torch.from_numpy(image), torch.from_numpy(boxes + np.inf), torch.tensor([0]), (2, 2))
+
+
+def test_stored_onnx_vectors_are_what_the_onnx_package_publishes() -> None:
+    pytest.importorskip("onnx")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_conventions_fixtures",
+                                                  root / "scripts" / "make_conventions_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stored = json.loads((root / "tests" / "fixtures" / "onnx_roialign_cases.json").read_text())
+    assert module.collect()["cases"] == stored["cases"]
