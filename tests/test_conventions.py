@@ -347,3 +347,10 @@ def test_crop_and_resize_gradcheck() -> None:
 
     x = image.requires_grad_()
     assert torch.autograd.gradcheck(f, (x,), eps=1e-3, atol=1e-3, rtol=1e-3)
+
+
+def test_no_boxes() -> None:
+    x = torch.rand(1, 2, 4, 4)
+    empty = torch.zeros(0, dtype=torch.int64)
+    assert cv.roi_align_onnx(x, torch.zeros(0, 4), empty, output_height=2, output_width=3).shape == (0, 2, 2, 3)
+    assert cv.roi_align_mmcv(x, torch.zeros(0, 5), 2, pool_mode="max").shape == (0, 2, 2, 2)

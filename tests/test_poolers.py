@@ -240,3 +240,9 @@ def test_image_pyramid_geometry_is_what_infer_scales_expects() -> None:
     assert pyr["p3"].item() == image.mean().item()
     assert infer_scales(list(pyr.values()), [(8, 8)]) == ([0.5, 0.25, 0.125], 1, 3)
     assert tuple(image_pyramid(torch.zeros(1, 1, 9, 5), (2,))["p2"].shape) == (1, 1, 3, 2)
+
+
+def test_no_boxes_at_all() -> None:
+    m = MultiScaleRoIAlign(["a", "b"], 3, 2)
+    x = {"a": torch.rand(2, 4, 32, 32), "b": torch.rand(2, 4, 16, 16)}
+    assert m(x, [torch.zeros(0, 4), torch.zeros(0, 4)], [(128, 128)] * 2).shape == (0, 4, 3, 3)
