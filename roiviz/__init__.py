@@ -20,6 +20,7 @@ from .boxes import crop_bounds, to_rois
 from .ops import clear_workspace
 from .ops.roi_align import RoIAlign, roi_align
 from .ops.roi_pool import RoIPool, roi_pool
+from .poolers import MultiScaleRoIAlign, map_levels
 from .strategies import (
     STRATEGIES,
     adaptive_avg,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "MultiScaleRoIAlign",
     "RoIAlign",
     "RoIPool",
     "__version__",
@@ -46,6 +48,7 @@ __all__ = [
     "crop_bounds",
     "crop_rois",
     "get_strategy",
+    "map_levels",
     "pad",
     "pad_to_max",
     "resize",
