@@ -13,6 +13,7 @@
   results the way another CPU would, so a stored output that holds only on the machine that
   made it fails here. In the two variants a probe notebook runs in the same session and checks,
   in its kernel, that the setting took effect.
+- ``test_code_lines_are_not_cut_off``: no code line is longer than :data:`MAX_CODE_LINE`.
 - ``test_figures_fit_the_notebook``: every stored PNG is at most :data:`MAX_FIGURE_PX` wide
   (10 inches at the inline backend's 100 dpi), so JupyterLab shows it at (nearly) full size
   and its 9-10 pt text stays >= 10 px on screen.
@@ -45,6 +46,9 @@ IGNORE_MARKER = "# NBVAL_IGNORE_OUTPUT"
 #: The widest stored figure allowed, in pixels: 10 inches at the inline backend's 100 dpi.
 #: A wider PNG is shrunk to the notebook's width, and its text with it.
 MAX_FIGURE_PX = 1000
+#: The longest code line: about what a JupyterLab cell shows at the default font and a 1280 px
+#: window before the line is cut off behind a horizontal scroll bar.
+MAX_CODE_LINE = 95
 #: How test_nbval_strict runs the notebooks: extra environment, and a probe (code, the output
 #: it must print in the kernel) proving that the setting reached the kernel.
 MODES: dict[str, tuple[dict[str, str], tuple[str, str] | None]] = {
@@ -173,6 +177,17 @@ def test_notebook_teaches_and_ignores_output_only_where_it_must(path: Path) -> N
         assert at + 1 < len(lines) and lines[at + 1].startswith("#"), (
             f"{path.name}: say why on the line after {IGNORE_MARKER}"
         )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_code_lines_are_not_cut_off(path: Path) -> None:
+    long = [
+        f"code cell {i}: {len(line)} characters: {line.strip()[:40]}..."
+        for i, cell in enumerate(_code_cells(_load(path)))
+        for line in _source(cell).splitlines()
+        if len(line) > MAX_CODE_LINE
+    ]
+    assert not long, f"{path.name}: code lines longer than {MAX_CODE_LINE} characters: {long}"
 
 
 def _probe_notebook(folder: Path, code: str, expected: str) -> Path:
