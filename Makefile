@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 ROOT   := $(filter 0,$(shell id -u))
 
-.PHONY: lab test install-notebooks install-test chromium notebooks bench lint fixtures clean
+.PHONY: lab test install-notebooks install-test chromium notebooks screenshots bench lint fixtures clean
 
 lab: install-notebooks
 	$(BIN)/jupyter lab notebooks/ $(if $(ROOT),--allow-root)
@@ -37,6 +37,11 @@ chromium:
 # Re-execute every notebook from a clean kernel and store its outputs (what nbval compares).
 notebooks: install-test
 	$(BIN)/python scripts/execute_notebooks.py
+
+# Refresh the README's screenshot: the browser test writes its screenshots here only when asked
+# (by default they go to a temporary folder, so that `make test` leaves the checkout unchanged).
+screenshots: install-test chromium
+	ROIVIZ_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -m browser tests/test_browser.py
 
 bench: install-test
 	$(BIN)/roiviz bench

@@ -78,6 +78,8 @@ __all__ = [
     "measure_peak_memory",
     "run_benchmark",
     "run_scaling",
+    "sweep_caption",
+    "sweep_growth",
 ]
 
 
@@ -776,7 +778,9 @@ SWEEPS: dict[str, list[int]] = {
     "output_size": [1, 2, 4, 7, 14, 28],
     "channels": [1, 4, 16, 64, 256],
 }
-QUICK_SWEEPS: dict[str, list[int]] = {"rois": [1, 16, 256], "output_size": [2, 7], "channels": [1, 16]}
+# Four points per sweep, from 1 to 28 or more, so that a line on log-log axes shows a slope.
+QUICK_SWEEPS: dict[str, list[int]] = {"rois": [1, 16, 256, 4096], "output_size": [1, 4, 14, 28],
+                                      "channels": [1, 8, 64, 256]}
 
 
 def run_scaling(
@@ -841,6 +845,56 @@ def run_scaling(
                 "sweeps": {s: table[s] for s in names}}
     _finish(env)
     return BenchResult(rows, {}, env, [], settings)
+
+
+#: What each sweep of :func:`run_scaling` varies, in words.
+SWEEP_LABELS: dict[str, str] = {"rois": "number of ROIs", "output_size": "output size (PH = PW)",
+                                "channels": "channels"}
+
+
+def _sweep_rows(rows: Sequence[dict[str, Any]], sweep: str) -> list[dict[str, Any]]:
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep must be one of {list(SWEEPS)}, got {sweep!r}")
+    picked = [r for r in rows if r.get("sweep") == sweep]
+    if not picked:
+        raise ValueError(f"rows hold no record of the {sweep!r} sweep")
+    return picked
+
+
+def sweep_caption(rows: Sequence[dict[str, Any]], sweep: str) -> str:
+    """What one sweep of :func:`run_scaling` varies and what it holds fixed, read from its rows.
+
+    Examples
+    --------
+    >>> rows = [{"sweep": "rois", "x": k, "workload": "W1", "K": k, "C": 8, "output_size": 7} for k in (1, 16)]
+    >>> sweep_caption(rows, "rois")
+    'time vs number of ROIs\\n(8 channels, 7x7 output, map 50x68, batch 2)'
+    """
+    r = _sweep_rows(rows, sweep)[0]
+    wl = WORKLOADS[r["workload"]]
+    fixed = {"channels": f"{r['C']} channels", "output_size": f"{r['output_size']}x{r['output_size']} output",
+             "rois": f"{r['K']} ROIs"}
+    held = ", ".join(v for k, v in fixed.items() if k != sweep)
+    return f"time vs {SWEEP_LABELS[sweep]}\n({held}, map {wl.height}x{wl.width}, batch {wl.batch})"
+
+
+def sweep_growth(rows: Sequence[dict[str, Any]], sweep: str) -> dict[str, tuple[int, int, float]]:
+    """Per op (``"op impl pass"``): the smallest and largest swept value and the time ratio between them.
+
+    The ratio is median time at the largest value / median time at the smallest: how much the
+    cost grew over the sweep (1 for a cost that does not depend on the swept size).
+
+    Examples
+    --------
+    >>> rows = [{"sweep": "rois", "x": k, "op": "roi_pool", "impl": "roiviz", "pass": "fwd",
+    ...          "median_ms": 0.5 + k / 100} for k in (1, 16, 256)]
+    >>> sweep_growth(rows, "rois")
+    {'roi_pool roiviz fwd': (1, 256, 6.0)}
+    """
+    series: dict[str, dict[int, float]] = {}
+    for r in _sweep_rows(rows, sweep):
+        series.setdefault(f"{r['op']} {r['impl']} {r['pass']}", {})[int(r["x"])] = float(r["median_ms"])
+    return {k: (min(v), max(v), round(v[max(v)] / v[min(v)], 6)) for k, v in series.items()}
 
 
 # --------------------------------------------------------------------------------------------

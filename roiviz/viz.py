@@ -40,18 +40,24 @@ from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
+from matplotlib.ticker import LogFormatterSciNotation
 
 from .reference import roi_align_sample_points, roi_pool_bins
 
 __all__ = [
+    "BIN_COLORS",
     "BOX_COLORS",
+    "FONT_SIZE",
     "GAINED_COLOR",
     "LOST_COLOR",
+    "SMALL_FONT_SIZE",
     "BoxArtists",
     "ImageArtists",
+    "PlainLogFormatter",
     "RoIAlignArtists",
     "RoIPoolArtists",
     "StrategyPanels",
@@ -64,6 +70,7 @@ __all__ = [
     "draw_roi_align_samples",
     "draw_roi_pool_bins",
     "metrics_text",
+    "plain_log_ticks",
     "plot_scaling",
     "plot_timings",
 ]
@@ -73,6 +80,16 @@ BOX_COLORS = ("#ff3b30", "#0a84ff", "#ffd60a", "#30d158", "#bf5af2", "#ff9f0a", 
 #: Cells of the box that ROI Pool's rounding drops, and cells outside it that it adds.
 LOST_COLOR = "#ff3b30"
 GAINED_COLOR = "#0a84ff"
+#: ROI Pool's bins, coloured by (row parity, column parity): neighbouring bins, which overlap by
+#: up to a cell, never share a colour.
+BIN_COLORS = ("#ffd60a", "#ff2d92", "#00e0ff", "#ff9f0a")
+#: Each bin's outline is drawn this many cells inside the bin, so that two bins whose edges
+#: fall on the same cell line show two lines, one per bin.
+BIN_INSET = 0.08
+#: Font sizes in points. A notebook figure is at most 10 inches wide at 100 dpi (1000 px), which
+#: JupyterLab may shrink to about 800 px: 9 pt is then still 10 px on screen.
+FONT_SIZE = 10.0
+SMALL_FONT_SIZE = 9.0
 
 Box = tuple[float, float, float, float]
 
@@ -242,7 +259,7 @@ def draw_boxes(
         ax.add_patch(rect)
         rects.append(rect)
         if labels is not None and i < len(labels):
-            texts.append(ax.text(x1, y1, f" {labels[i]}", color="black", fontsize=8, va="bottom",
+            texts.append(ax.text(x1, y1, f" {labels[i]}", color="black", fontsize=SMALL_FONT_SIZE, va="bottom",
                                  ha="left", zorder=zorder, clip_on=True,
                                  bbox={"facecolor": color, "edgecolor": "none", "pad": 1.0}))
     return BoxArtists(rects, texts, spatial_scale)
@@ -270,6 +287,7 @@ def draw_image(
     channel: int | None = None, spatial_scale: float = 1.0, cmap: str = "viridis",
     vmin: float | None = None, vmax: float | None = None, title: str | None = None,
     labels: Sequence[str] | None = None, colors: Sequence[str] | None = None, ticks: bool = True,
+    linewidth: float = 2.0,
 ) -> ImageArtists:
     """Show an image or one channel of a feature map, with boxes over it.
 
@@ -302,9 +320,10 @@ def draw_image(
         im = ax.imshow(_rgb_in_clim(shown, clim), extent=(0, w, h, 0), interpolation="nearest")
     else:
         im = ax.imshow(shown, extent=(0, w, h, 0), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    box_art = draw_boxes(ax, boxes or [], spatial_scale=spatial_scale, labels=labels, colors=colors)
+    box_art = draw_boxes(ax, boxes or [], spatial_scale=spatial_scale, labels=labels, colors=colors,
+                         linewidth=linewidth)
     if title is not None:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=FONT_SIZE)
     _clean_axes(ax, ticks)
     return ImageArtists(im, box_art, channel)
 
@@ -348,7 +367,8 @@ class RoIPoolArtists:
         self.box.set_bounds(x1, y1, x2 - x1, y2 - y1)
         bins = roi_pool_bins(_roi(box), ph_n, pw_n, self.spatial_scale, h, w)
         for rect, (hs, he, ws, we) in zip(self.bins, (b for row in bins for b in row), strict=True):
-            rect.set_bounds(ws, hs, we - ws, he - hs)  # rows hs..he-1 cover [hs, he]
+            # Rows hs..he-1 cover [hs, he]; the outline sits BIN_INSET inside that square.
+            rect.set_bounds(ws + BIN_INSET, hs + BIN_INSET, we - ws - 2 * BIN_INSET, he - hs - 2 * BIN_INSET)
             rect.set_visible(he > hs and we > ws)  # an empty bin (outside the map) gives 0
         hs = min(b[0] for row in bins for b in row)
         he = max(b[1] for row in bins for b in row)
@@ -367,12 +387,14 @@ class RoIPoolArtists:
 def draw_roi_pool_bins(
     ax: Axes, image: Any, box: Sequence[float], output_size: int | tuple[int, int],
     spatial_scale: float = 1.0, *, channel: int | None = None, cmap: str = "gray", ticks: bool = True,
+    legend: bool = True,
 ) -> RoIPoolArtists:
     """ROI Pool's view of one box: its quantised bins, and the cells rounding loses and gains.
 
     The dashed rectangle is the true box (``box * spatial_scale``); the thin rectangles are the
-    bins ROI Pool takes the maximum over (``floor`` start, ``ceil`` end: neighbours overlap);
-    red cells are inside the true box but dropped by rounding, blue cells are outside it but
+    bins ROI Pool takes the maximum over (``floor`` start, ``ceil`` end: neighbours overlap),
+    drawn :data:`BIN_INSET` inside their cells and coloured by the parity of their row and column
+    (:data:`BIN_COLORS`), so that overlapping neighbours can be told apart; red cells are inside the true box but dropped by rounding, blue cells are outside it but
     added (see :func:`roiviz.metrics.quantization` for how a cell counts as inside).
 
     Parameters
@@ -401,19 +423,23 @@ def draw_roi_pool_bins(
     lost = ax.imshow(empty, extent=(0, w, h, 0), interpolation="nearest", zorder=2)
     gained = ax.imshow(empty.copy(), extent=(0, w, h, 0), interpolation="nearest", zorder=2)
     region = Rectangle((0, 0), 1, 1, fill=False, edgecolor="white", linewidth=2.0, zorder=3)
-    bins = [Rectangle((0, 0), 1, 1, fill=False, edgecolor="#ffd60a", linewidth=1.0, alpha=0.9, zorder=4)
-            for _ in range(ph_n * pw_n)]
+    bins = [Rectangle((0, 0), 1, 1, fill=False, edgecolor=BIN_COLORS[2 * (ph % 2) + pw % 2], linewidth=1.5,
+                      alpha=0.95, zorder=4)
+            for ph in range(ph_n) for pw in range(pw_n)]
     true_box = Rectangle((0, 0), 1, 1, fill=False, edgecolor="black", linestyle="--", linewidth=1.5, zorder=5)
     for patch in (region, *bins, true_box):
         ax.add_patch(patch)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
-    title = ax.set_title("", fontsize=9)
-    ax.legend(handles=[Rectangle((0, 0), 1, 1, color=LOST_COLOR, alpha=0.55, label="lost"),
-                       Rectangle((0, 0), 1, 1, color=GAINED_COLOR, alpha=0.55, label="gained"),
-                       Line2D([], [], color="black", linestyle="--", label="true box"),
-                       Line2D([], [], color="#ffd60a", label="bins")],
-              loc="lower right", fontsize=7, framealpha=0.8)
+    title = ax.set_title("", fontsize=FONT_SIZE)
+    if legend:
+        ax.legend(handles=[Rectangle((0, 0), 1, 1, color=LOST_COLOR, alpha=0.55, label="lost"),
+                           Rectangle((0, 0), 1, 1, color=GAINED_COLOR, alpha=0.55, label="gained"),
+                           Line2D([], [], color="black", linestyle="--", label="true box"),
+                           tuple(Line2D([], [], color=c) for c in BIN_COLORS)],
+                  labels=["lost", "gained", "true box", "bins (alternating colours)"],
+                  handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
+                  loc="lower right", fontsize=SMALL_FONT_SIZE, framealpha=0.8)
     _clean_axes(ax, ticks)
     art = RoIPoolArtists(ax, im, true_box, region, bins, lost, gained, title, (ph_n, pw_n), scale, (h, w))
     art.update(box)
@@ -487,7 +513,7 @@ class RoIAlignArtists:
 def draw_roi_align_samples(
     ax: Axes, image: Any, box: Sequence[float], output_size: int | tuple[int, int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, *,
-    channel: int | None = None, cmap: str = "gray", ticks: bool = True,
+    channel: int | None = None, cmap: str = "gray", ticks: bool = True, legend: bool = True,
 ) -> RoIAlignArtists:
     """ROI Align's view of one box: the region it samples, its bins and every sample point.
 
@@ -521,10 +547,11 @@ def draw_roi_align_samples(
     outside = ax.scatter([], [], s=16, marker="x", color="#ff9f0a", zorder=6, label="outside the map (adds 0)")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
-    title = ax.set_title("", fontsize=9)
-    ax.legend(handles=[Line2D([], [], color="black", linestyle="--", label="box"),
-                       Line2D([], [], color="#30d158", label="sampled region, bins"), inside, outside],
-              loc="lower right", fontsize=7, framealpha=0.8)
+    title = ax.set_title("", fontsize=FONT_SIZE)
+    if legend:
+        ax.legend(handles=[Line2D([], [], color="black", linestyle="--", label="box"),
+                           Line2D([], [], color="#30d158", label="sampled region, bins"), inside, outside],
+                  loc="lower right", fontsize=SMALL_FONT_SIZE, framealpha=0.8)
     _clean_axes(ax, ticks)
     art = RoIAlignArtists(ax, im, true_box, region, grid, inside, outside, title, (ph_n, pw_n), scale, (h, w),
                           check_sampling_ratio(sampling_ratio), check_aligned(aligned))
@@ -573,7 +600,7 @@ class StrategyPanels:
     """
 
     def __init__(self, axes: Sequence[Axes], names: Sequence[str], *, cmap: str = "viridis",
-                 show_metrics: bool = True, fontsize: float = 9.0) -> None:
+                 show_metrics: bool = True, fontsize: float = FONT_SIZE) -> None:
         names = list(names)
         if len(axes) != len(names):
             raise ValueError(f"axes must have one Axes per name: {len(names)} names, got {len(axes)} axes")
@@ -592,7 +619,7 @@ class StrategyPanels:
             self.titles[name] = ax.set_title(name, fontsize=fontsize)
             if show_metrics:
                 self.texts[name] = ax.text(0.5, -0.04, "", transform=ax.transAxes, ha="center", va="top",
-                                           fontsize=fontsize - 1)
+                                           fontsize=max(fontsize - 1, SMALL_FONT_SIZE))
 
     @classmethod
     def create(cls, fig: Figure, names: Sequence[str], ncols: int | None = None, **kwargs: Any) -> StrategyPanels:
@@ -602,6 +629,13 @@ class StrategyPanels:
         nrows = -(-len(names) // ncols)
         axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(len(names))]
         return cls(axes, names, **kwargs)
+
+    def colorbar(self, fig: Figure, label: str = "value") -> Any:
+        """Add one colour bar for all panels (they share one scale); it follows :meth:`update`."""
+        cbar = fig.colorbar(self.images[self.names[-1]], ax=list(self.axes.values()), fraction=0.02, pad=0.02)
+        cbar.set_label(label, fontsize=SMALL_FONT_SIZE)
+        cbar.ax.tick_params(labelsize=SMALL_FONT_SIZE)
+        return cbar
 
     def update(self, outputs: Mapping[str, Any], metrics: Any = None, *, channel: int | None = None,
                clim: tuple[float, float] | None = None) -> None:
@@ -674,6 +708,37 @@ def draw_coverage(ax: Axes, influence: np.ndarray | torch.Tensor, box: Sequence[
 # --------------------------------------------------------------------------------------------
 
 
+class PlainLogFormatter(LogFormatterSciNotation):
+    """Log-axis tick labels as plain numbers (``0.6``, ``2``, ``300``) instead of ``6×10⁻¹``.
+
+    Which ticks get a label is matplotlib's own choice (decades, and some minor ticks when the
+    axis spans less than a few decades); only the text changes.
+
+    Examples
+    --------
+    >>> ax = Figure().add_subplot(yscale="log", ylim=(0.3, 3))
+    >>> plain_log_ticks(ax, "y")
+    >>> f = ax.yaxis.get_minor_formatter()
+    >>> f.set_locs([0.5, 0.6, 2.0])
+    >>> [f(v) for v in (0.6, 2.0)]
+    ['0.6', '2']
+    """
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_ticks(ax: Axes, axis: str = "both") -> None:
+    """Label the log-scaled ``axis`` (``"x"``, ``"y"`` or ``"both"``) of ``ax`` with plain numbers."""
+    if axis not in ("x", "y", "both"):
+        raise ValueError(f"axis must be 'x', 'y' or 'both', got {axis!r}")
+    for name in ("x", "y") if axis == "both" else (axis,):
+        target = ax.xaxis if name == "x" else ax.yaxis
+        if target.get_scale() == "log":
+            target.set_major_formatter(PlainLogFormatter())
+            target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
 def _label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
     return " ".join(str(row[k]) for k in keys if k in row and row[k] is not None)
 
@@ -733,10 +798,11 @@ def plot_timings(
     ax.set_ylabel(value.replace("_ms", " (ms)").replace("_", " "))
     if log:
         ax.set_yscale("log")
+        plain_log_ticks(ax, "y")
     if any(hues):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=SMALL_FONT_SIZE)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=FONT_SIZE)
     return bars
 
 
@@ -777,8 +843,9 @@ def plot_scaling(
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        plain_log_ticks(ax)
     if any(series):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=SMALL_FONT_SIZE)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=FONT_SIZE)
     return lines

@@ -5,11 +5,13 @@ a clean run in the pinned environment, never from a notebook saved after someone
 This script runs every ``notebooks/NN_*.ipynb`` (or the ones named on the command line) top to
 bottom with :mod:`nbclient`, in a fresh ``python3`` kernel of *this* interpreter, with ``HOME``
 and ``MPLCONFIGDIR`` pointing at a temporary folder (so no user configuration leaks into the
-outputs), and writes each notebook back with its outputs and execution counts 1..n.
+outputs) and this checkout first on ``PYTHONPATH`` (so the kernel imports the ``roiviz`` next to
+the notebooks, even when another checkout is installed in the environment), and writes each
+notebook back with its outputs and execution counts 1..n.
 
 Usage::
 
-    .venv/bin/python scripts/execute_notebooks.py             # all notebooks
+    .venv/bin/python scripts/execute_notebooks.py             # all notebooks, 01 .. NN
     .venv/bin/python scripts/execute_notebooks.py notebooks/03_roi_pool_vs_roi_align.ipynb
     .venv/bin/python scripts/execute_notebooks.py --check      # execute, do not write
 
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HOME"] = home
         os.environ["MPLCONFIGDIR"] = os.path.join(home, "mpl")
         os.environ.pop("MPLBACKEND", None)  # let the notebooks pick inline / widget themselves
+        # The kernels inherit this environment: this checkout's roiviz comes first.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])
         total = 0.0
         for path in paths:
             try:

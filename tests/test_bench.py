@@ -111,6 +111,14 @@ def test_scaling_rows_for_plotting() -> None:
     chans = [r for r in res.rows if r["sweep"] == "channels"]
     assert [r["C"] for r in chans] == [r["x"] for r in chans] == bench.QUICK_SWEEPS["channels"]
     assert all(r["workload"] == "W1" for r in res.rows)
+    # Each quick sweep has enough points for a slope, and says what it holds fixed.
+    assert all(len(v) >= 4 and v[-1] / v[0] >= 28 for v in bench.QUICK_SWEEPS.values())
+    k = chans[0]["K"]
+    assert bench.sweep_caption(res.rows, "channels") == f"time vs channels\n(7x7 output, {k} ROIs, map 50x68, batch 2)"
+    growth = bench.sweep_growth(res.rows, "rois")
+    assert list(growth) == ["roi_pool roiviz fwd"] and growth["roi_pool roiviz fwd"][:2] == (1, 4096)
+    with pytest.raises(ValueError, match="sweep"):
+        bench.sweep_growth(res.rows, "output_size")
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,23 @@ def test_table_lists_every_strategy_and_stride():
         experiments.format_table({})
 
 
+def test_one_seed_prints_no_spread():
+    # A std over one seed is 0 by construction: printing "± 0.000" would look like a measured spread.
+    r = _fake_results()
+    for by_strategy in r["results"].values():
+        for s in by_strategy.values():
+            s["per_seed"] = [{}]
+    r["config"] = {"seeds": [0]}
+    r["backbone"] = {"stride_16": {"seg_fg_iou_mean": 0.8, "seg_fg_iou_std": 0.0, "seg_class_acc_mean": 0.7}}
+    text = experiments.format_table(r)
+    assert "±" not in text and "stride 16 (1 seed, no spread)" in text
+    fig, ax = plt.subplots()
+    experiments.plot_results(r, ax=ax)
+    assert all(c.errorbar is None for c in ax.containers if isinstance(c, BarContainer))
+    assert "one seed" in ax.get_title() and "±" not in ax.get_title()
+    plt.close(fig)
+
+
 def test_chart_draws_bars_with_error_bars_on_given_ax():
     fig, ax = plt.subplots()
     assert experiments.plot_results(_fake_results(), ax=ax, metric="ap") is ax

@@ -105,8 +105,12 @@ def test_roi_pool_bins_match_reference_and_quantization(ax):
     art = viz.draw_roi_pool_bins(ax, fmap, box, size, scale)
     bins = roi_pool_bins(torch.tensor([0.0, *box]), 3, 2, scale, 16, 16)
     assert len(art.bins) == 6
-    for rect, (hs, he, ws, we) in zip(art.bins, (b for row in bins for b in row), strict=True):
-        assert rect.get_bbox().bounds == (ws, hs, we - ws, he - hs)
+    d = viz.BIN_INSET
+    for k, (rect, (hs, he, ws, we)) in enumerate(zip(art.bins, (b for row in bins for b in row), strict=True)):
+        assert rect.get_bbox().bounds == pytest.approx((ws + d, hs + d, we - ws - 2 * d, he - hs - 2 * d))
+        # Neighbouring bins (which overlap by up to a cell) never share an outline colour.
+        ph, pw = divmod(k, 2)
+        assert to_rgba(rect.get_edgecolor()[:3]) == to_rgba(viz.BIN_COLORS[2 * (ph % 2) + pw % 2])
     q = quantization(box, scale, 16, 16)
     assert q.lost > 0 and q.gained > 0  # the box's corners sit on cell centres
     assert art.counts == {"lost": q.lost, "gained": q.gained}
@@ -287,3 +291,23 @@ def test_plot_scaling_bench_rows(ax):
               for k in (8, 64))]
     (line,) = viz.plot_scaling(ax, rows, x="x", xlabel="number of ROIs")
     assert list(line.get_xdata()) == [8.0, 64.0] and ax.get_xlabel() == "number of ROIs"
+
+
+def test_log_axes_have_plain_tick_labels():
+    # "0.6" and "2", not matplotlib's default "6×10⁻¹" / "2×10⁰" on an axis spanning one decade.
+    fig = Figure()
+    ax = fig.add_subplot()
+    viz.plot_scaling(ax, [{"op": "roi_pool", "x": k, "median_ms": k / 10} for k in (4, 8, 16)], x="x", by=("op",))
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels(which="both") if t.get_text()]
+    assert labels and not any("10^" in t or "times" in t or "×" in t for t in labels), labels
+    assert all(float(t) > 0 for t in labels)
+    with pytest.raises(ValueError, match="axis"):
+        viz.plain_log_ticks(ax, "z")
+
+
+def test_strategy_panels_colorbar_follows_the_shared_scale():
+    fig = Figure()
+    panels = viz.StrategyPanels.create(fig, ["crop", "resize"], show_metrics=False)
+    cbar = panels.colorbar(fig, "feature value")
+    panels.update({"crop": torch.zeros(1, 1, 2, 2), "resize": torch.full((1, 1, 2, 2), 3.0)})
+    assert cbar.mappable.get_clim() == (0.0, 3.0) and cbar.ax.get_ylabel() == "feature value"

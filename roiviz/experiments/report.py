@@ -83,7 +83,9 @@ def alignment_gaps(results: dict, metric: str = "mask_iou") -> dict[str, dict[st
 def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "ap50", "class_acc")) -> str:
     """A plain-text table: one block per stride, one row per strategy, ``mean ± std`` over seeds.
 
-    The last column is the strategy's mask-IoU gain over ``roi_pool`` (when both are present).
+    With a single seed there is no spread to show: the cells hold the value alone and the
+    block's title says "1 seed, no spread". The last column is the strategy's mask-IoU gain
+    over ``roi_pool`` (when both are present).
 
     Examples
     --------
@@ -91,9 +93,9 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
     ...     "roi_pool": {"mask_iou_mean": 0.7, "mask_iou_std": 0.01, "per_seed": [{}]},
     ...     "roi_align": {"mask_iou_mean": 0.8, "mask_iou_std": 0.02, "per_seed": [{}]}}}}
     >>> print(format_table(r, metrics=("mask_iou",)))
-    stride 16 (1 seed)  mask IoU         vs roi_pool
-    roi_pool            0.700 ± 0.010         +0.000
-    roi_align           0.800 ± 0.020         +0.100
+    stride 16 (1 seed, no spread)  mask IoU         vs roi_pool
+    roi_pool                       0.700                 +0.000
+    roi_align                      0.800                 +0.100
     """
     _check_results(results)
     for m in metrics:
@@ -101,7 +103,7 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
     lines: list[str] = []
     for key, by_strategy in results["results"].items():
         n_seeds = len(next(iter(by_strategy.values()))["per_seed"])
-        title = f"{key.replace('_', ' ')} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+        title = f"{key.replace('_', ' ')} ({n_seeds} seed{'s' if n_seeds != 1 else ', no spread'})"
         width = max(len(title), *(len(n) for n in by_strategy)) + 2
         if lines:
             lines.append("")
@@ -109,7 +111,7 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
                      + "vs roi_pool")
         base = by_strategy.get("roi_pool", {}).get("mask_iou_mean")
         for name, s in by_strategy.items():
-            cells = "".join(f"{s[m + '_mean']:.3f} ± {s[m + '_std']:.3f}".ljust(17) for m in metrics)
+            cells = "".join(_cell(s[m + "_mean"], s[m + "_std"], n_seeds).ljust(17) for m in metrics)
             gain = f"{s['mask_iou_mean'] - base:+.3f}" if base is not None and "mask_iou_mean" in s else "-"
             lines.append(name.ljust(width) + cells + gain.rjust(11))
     gaps = alignment_gaps(results)
@@ -124,15 +126,24 @@ def format_table(results: dict, metrics: tuple[str, ...] = ("mask_iou", "ap", "a
     if "full_box_mask_iou" in results:
         lines += ["", f"(a head predicting the whole proposal would score mask IoU "
                       f"{results['full_box_mask_iou']:.3f})"]
+    n_seeds = len(results.get("config", {}).get("seeds", ())) or 2  # unknown: show the spread
     for key, q in results.get("backbone", {}).items():
         lines.append(f"(frozen backbone, {key.replace('_', ' ')}: its own per-pixel segmentation of "
-                     f"the test images has foreground IoU {q['seg_fg_iou_mean']:.3f} ± "
-                     f"{q['seg_fg_iou_std']:.3f}, class accuracy {q['seg_class_acc_mean']:.3f})")
+                     f"the test images has foreground IoU "
+                     f"{_cell(q['seg_fg_iou_mean'], q['seg_fg_iou_std'], n_seeds)}, "
+                     f"class accuracy {q['seg_class_acc_mean']:.3f})")
     return "\n".join(lines)
+
+
+def _cell(mean: float, std: float, n_seeds: int) -> str:
+    """``mean ± std`` over several seeds; the mean alone for one seed (a spread of 0 is no spread)."""
+    return f"{mean:.3f} ± {std:.3f}" if n_seeds > 1 else f"{mean:.3f}"
 
 
 def plot_results(results: dict, ax: Axes | None = None, metric: str = "mask_iou") -> Axes:
     """Grouped bars: one group per strategy, one bar per stride, error bars = std over seeds.
+
+    With one seed (``per_seed`` of length 1) there is no spread: no error bars, and the title says so.
 
     Parameters
     ----------
@@ -162,23 +173,26 @@ def plot_results(results: dict, ax: Axes | None = None, metric: str = "mask_iou"
         _, ax = plt.subplots(figsize=(8, 3.5))
     groups = results["results"]
     names = list(next(iter(groups.values())))
+    n_seeds = max(len(by_strategy[n].get("per_seed", ())) for by_strategy in groups.values() for n in names)
     width = 0.8 / len(groups)
     for i, (key, by_strategy) in enumerate(groups.items()):
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(names))]
         means = [by_strategy[n][f"{metric}_mean"] for n in names]
-        stds = [by_strategy[n][f"{metric}_std"] for n in names]
+        stds = [by_strategy[n][f"{metric}_std"] for n in names] if n_seeds > 1 else None
         ax.bar(xs, means, width * 0.95, yerr=stds, capsize=3, label=key.replace("_", " "))
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=20)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=9)
     if metric == "mask_iou" and "full_box_mask_iou" in results:
         ax.axhline(results["full_box_mask_iou"], color="0.3", ls="--", lw=1,
                    label="whole proposal (floor)")
     ax.set_ylabel(METRIC_LABELS[metric])
-    top = max(g[n][f"{metric}_mean"] + g[n][f"{metric}_std"] for g in groups.values() for n in names)
+    top = max(g[n][f"{metric}_mean"] + (g[n][f"{metric}_std"] if n_seeds > 1 else 0.0)
+              for g in groups.values() for n in names)
     ax.set_ylim(0.0, min(1.05, top * 1.1 + 0.01))  # bars start at zero: no exaggerated gaps
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{METRIC_LABELS[metric]} per strategy (mean ± std over seeds)")
-    ax.legend(frameon=False, fontsize="small")
+    spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed: no error bars"
+    ax.set_title(f"{METRIC_LABELS[metric]} per strategy ({spread})", fontsize=10)
+    ax.legend(frameon=False, fontsize=9)
     return ax
 
 
