@@ -42,6 +42,7 @@ from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 __all__ = ["RoIAlign", "roi_align"]
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs, as in torchvision (symbolic tracing cannot read boxes)
 def roi_align(
     input: Tensor,
     boxes: BoxesLike,

@@ -55,6 +55,7 @@ __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: the kernel's start value, for every dtype
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs, as in torchvision (symbolic tracing cannot read boxes)
 def roi_pool(
     input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
 ) -> Tensor:
