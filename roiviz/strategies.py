@@ -18,8 +18,8 @@ convention, the same one ROI Pool uses); ``roi_pool`` and ``roi_align`` are the 
 NaN and inf behave as in the definition of each strategy, box by box: a cell only ever reaches
 the outputs of the bins that contain it (zero fill and padding are selected, never multiplied
 in, so ``+inf`` stays ``+inf`` and one box's inf never reaches another box); ``adaptive_max``
-propagates NaN as ``F.adaptive_max_pool2d`` does and ``adaptive_avg`` adds exactly what
-``F.adaptive_avg_pool2d`` adds. ``resize`` multiplies each of a sample's four cells by its
+propagates NaN as ``F.adaptive_max_pool2d`` does and ``adaptive_avg`` sums exactly the cells
+``F.adaptive_avg_pool2d`` sums (in another order: equal up to rounding). ``resize`` multiplies each of a sample's four cells by its
 weight, so a non-finite neighbour makes the sample non-finite even at weight 0 (torch's kernel
 skips some zero-weight neighbours, depending on the sizes and the CPU).
 """
@@ -277,19 +277,23 @@ def _adaptive(input: Tensor, boxes: BoxesLike, output_size, spatial_scale: float
     rs, re = _adaptive_edges(h, ph_n)  # [K, PH] rows rs .. re-1 of the crop form bin i
     ss, se = _adaptive_edges(w, pw_n)  # [K, PW]
     empty = ((re == rs)[:, :, None] | (se == ss)[:, None, :])[..., None]  # [K, PH, PW, 1]
-    x = _channels_last(input)
+    # The crops, zero-filled top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
+    k_n = rois.shape[0]
+    h_max = int(h.max()) if k_n else 0
+    w_max = int(w.max()) if k_n else 0
+    rows = torch.arange(h_max, device=input.device)
+    cols = torch.arange(w_max, device=input.device)
+    window = _gather_cl(_channels_last(input), rois, y0[:, None] + rows, rows < h[:, None],
+                        x0[:, None] + cols, cols < w[:, None])  # [K, Hmax, Wmax, C]
     if mode == "avg":
-        out = _bin_sums(x, rois, y0[:, None] + rs, re - rs, x0[:, None] + ss, se - ss)  # [K, PH, PW, C]
-        out = out / (re - rs).clamp(min=1)[:, :, None, None].to(out.dtype)  # sum / kh / kw, as torch divides
-        out = out / (se - ss).clamp(min=1)[:, None, :, None].to(out.dtype)
+        # Sum over the columns of each bin, then over its rows, then divide by the bin's size.
+        # Cells outside a bin are selected away, never multiplied by 0: a bin holding +inf is
+        # +inf, one holding NaN (or +inf and -inf) is NaN, and no other bin is touched.
+        strip = _window_sum(window, ss, se, w_max, dim=2)  # [K, Hmax, PW, C]
+        out = _window_sum(strip, rs, re, h_max, dim=1)  # [K, PH, PW, C]
+        size = (re - rs)[:, :, None] * (se - ss)[:, None, :]  # [K, PH, PW] cells per bin
+        out = out / size.clamp(min=1)[..., None].to(out.dtype)
     else:
-        # The crops, zero-filled top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
-        k_n = rois.shape[0]
-        h_max = int(h.max()) if k_n else 0
-        w_max = int(w.max()) if k_n else 0
-        rows = torch.arange(h_max, device=input.device)
-        cols = torch.arange(w_max, device=input.device)
-        window = _gather_cl(x, rois, y0[:, None] + rows, rows < h[:, None], x0[:, None] + cols, cols < w[:, None])
         # Max over the columns of each bin, then over its rows, with adaptive_max_pool2d's rule
         # (take a cell if it is greater or NaN): the first maximum in row-major order, or the
         # last NaN, which is the cell torch picks, so gradients go where torch sends them.
@@ -307,24 +311,25 @@ def _adaptive_edges(size: Tensor, out_n: int) -> tuple[Tensor, Tensor]:
     return start, end
 
 
-def _bin_sums(x: Tensor, rois: Tensor, r0: Tensor, kh: Tensor, c0: Tensor, kw: Tensor) -> Tensor:
-    """``[K, PH, PW, C]``: the sum of bin ``(i, j)``, rows ``r0[k, i] ..+ kh`` x columns ``c0[k, j] ..+ kw``.
+def _window_sum(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
+    """Sum of ``x`` along ``dim`` over ``start[k, i] .. end[k, i] - 1``, one output per bin ``i``.
 
-    Added cell by cell in row-major order from 0, as ``adaptive_avg_pool2d``'s kernel adds, so
-    the sums are bit-identical; steps outside a smaller bin add an exact 0 (selected, not
-    multiplied: a cell outside the bin never touches it, whatever its value).
+    ``x`` is ``[K, A, B, C]``; ``dim`` is 1 or 2. Steps beyond a bin add nothing (selected, not
+    multiplied, so the value read there cannot turn the sum into NaN). Empty bins sum to 0.
     """
-    k_n, ph_n = kh.shape
-    pw_n = kw.shape[1]
-    acc = x.new_zeros(k_n, ph_n, pw_n, x.shape[3])
-    bh = int(kh.max()) if kh.numel() else 0
-    bw = int(kw.max()) if kw.numel() else 0
-    for dr in range(bh):
-        ok_r = dr < kh  # [K, PH]
-        for dc in range(bw):
-            ok_s = dc < kw  # [K, PW]
-            acc = acc + _gather_cl(x, rois, r0 + dr, ok_r, c0 + dc, ok_s)
-    return acc
+    k_n, _, _, c_n = x.shape
+    n_bins = start.shape[1]
+    widest = int((end - start).max()) if k_n else 0
+    shape = [k_n, x.shape[1], x.shape[2], c_n]
+    shape[dim] = n_bins
+    view = [k_n, 1, 1, 1]
+    view[dim] = n_bins
+    total = x.new_zeros(shape)
+    for d in range(widest):
+        pos = start + d  # [K, bins]
+        index = pos.clamp(max=max(length - 1, 0)).view(view).expand(shape)
+        total = total + torch.where((pos < end).view(view), torch.gather(x, dim, index), 0.0)
+    return total
 
 
 def _running_max(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
