@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roiviz import reference
-from roiviz.boxes import crop_bounds, parse_box, pool_bin_edges, quantize, round_half_away, sample_grid
+from roiviz.boxes import (
+    crop_bounds,
+    parse_box,
+    pool_bin_edges,
+    quantize,
+    round_half_away,
+    sample_grid,
+)
 
 
 def test_round_half_away_rounds_ties_away_from_zero_exactly():
