@@ -324,7 +324,7 @@ def _window_sum(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) ->
     shape[dim] = n_bins
     view = [k_n, 1, 1, 1]
     view[dim] = n_bins
-    total = x.new_zeros(shape)
+    total = x.new_zeros(shape) + x[:0].sum()  # in the graph even when no step is taken
     for d in range(widest):
         pos = start + d  # [K, bins]
         index = pos.clamp(max=max(length - 1, 0)).view(view).expand(shape)
@@ -344,8 +344,8 @@ def _running_max(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -
     widest = int((end - start).max()) if k_n else 0
     shape = [k_n, x.shape[1], x.shape[2], c_n]
     shape[dim] = n_bins
-    if widest == 0:
-        return x.new_zeros(shape)
+    if widest == 0:  # no cell at all (no boxes, or every crop empty): zeros, still in the graph
+        return x.new_zeros(shape) + x[:0].sum()
     view = [k_n, 1, 1, 1]
     view[dim] = n_bins
     best = None

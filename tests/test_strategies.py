@@ -268,3 +268,28 @@ def test_one_box_inf_does_not_reach_another_boxs_adaptive_avg():
     out = roiviz.adaptive_avg(x, boxes, 2)
     assert out[0].eq(0).all()  # the small box never touches the inf cell
     assert out[1, 0, 1, 1] == torch.inf and not torch.isnan(out[1]).any()  # only the bin that holds it
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("shape", "boxes"), [
+    ((2, 0, 5, 5), [[0, 0.0, 0.0, 3.0, 3.0], [1, 1.0, 1.0, 4.0, 2.0]]),  # no channels
+    ((0, 3, 5, 5), []),  # an empty batch
+    ((1, 3, 5, 5), [[0, 20.0, 20.0, 30.0, 30.0]]),  # every crop empty
+], ids=["zero channels", "empty batch", "empty crops"])
+def test_every_strategy_takes_empty_problems_and_stays_differentiable(name, shape, boxes):
+    x = torch.randn(shape, requires_grad=True)
+    out = roiviz.STRATEGIES[name](x, torch.tensor(boxes).reshape(-1, 5), (2, 3))
+    assert out.shape == (len(boxes), shape[1], 2, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_strategy_computes_the_same_under_autocast(name):
+    x = torch.randn(2, 3, 19, 17)
+    boxes = torch.tensor([[0, 1.0, 2.0, 15.0, 11.0], [1, 3.5, 0.0, 16.0, 18.0]])
+    expected = roiviz.STRATEGIES[name](x, boxes, (4, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roiviz.STRATEGIES[name](x, boxes, (4, 3))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
