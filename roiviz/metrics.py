@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_input, check_output_size, check_spatial_scale, trusted_boxes
-from .boxes import crop_bounds
+from .boxes import crop_bounds, parse_box, quantize
 from .strategies import STRATEGIES, get_strategy
 
 __all__ = [
@@ -107,38 +107,6 @@ StrategyLike = str | Callable[..., Tensor]
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_box(box: object, n: int | None = None, name: str = "box") -> tuple[int, float, float, float, float]:
-    """``(batch_index, x1, y1, x2, y2)`` from a 4- or 5-sequence/tensor, checked.
-
-    ``n`` is the input's batch size; ``None`` for geometry that does not look at the input.
-    """
-    if isinstance(box, Tensor):
-        values = box.detach().cpu().double().flatten().tolist()
-    elif isinstance(box, np.ndarray):
-        values = box.astype(np.float64).ravel().tolist()
-    elif isinstance(box, (list, tuple)):
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in box):
-            raise TypeError(f"{name} must hold real numbers, got {box!r}")
-        values = [float(v) for v in box]
-    else:
-        raise TypeError(
-            f"{name} must be (x1, y1, x2, y2) or (batch_index, x1, y1, x2, y2) as a sequence or tensor, got {type(box).__name__}"
-        )
-    if len(values) == 4:
-        values = [0.0, *values]
-    elif len(values) != 5:
-        raise ValueError(f"{name} must have 4 values (x1, y1, x2, y2) or 5 (batch_index, x1, y1, x2, y2), got {len(values)}")
-    b, x1, y1, x2, y2 = values
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} {tuple(values)} has a NaN or infinite value")
-    if b != int(b) or b < 0 or (n is not None and b >= n):
-        where = f"in [0, {n})" if n is not None else ">= 0"
-        raise ValueError(f"{name} has batch index {b:g}, which is not a whole number {where}")
-    if x2 < x1 or y2 < y1:
-        raise ValueError(f"{name} (x1, y1, x2, y2) = {(x1, y1, x2, y2)} must have x1 <= x2 and y1 <= y2")
-    return int(b), x1, y1, x2, y2
-
-
 def _check_map_size(height: object, width: object) -> tuple[int, int]:
     for arg, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
@@ -162,7 +130,7 @@ def box_cells(box: Box, spatial_scale: float, height: int, width: int) -> tuple[
     >>> box_cells((0, 0, 64, 64), 1 / 16, 3, 3)  # a 4x4-cell box on a 3x3 map
     (0, 3, 0, 3)
     """
-    _, x1, y1, x2, y2 = _parse_box(box)
+    _, x1, y1, x2, y2 = parse_box(box)
     s = check_spatial_scale(spatial_scale)
     height, width = _check_map_size(height, width)
     r0 = min(max(math.ceil(y1 * s - 0.5), 0), height)
@@ -259,7 +227,7 @@ def quantization(
     >>> q.lost, q.gained, q.crop  # crop rows 2..5, cols 3..6: loses col 2, gains row 5 and col 6
     (3, 7, (2, 3, 4, 4))
     """
-    parsed = _parse_box(box)
+    parsed = parse_box(box)
     s = check_spatial_scale(spatial_scale)
     height, width = _check_map_size(height, width)
     rois = torch.tensor([parsed], dtype=dtype)
@@ -325,7 +293,7 @@ def aspect_distortion(
     """
     name = _strategy_name(strategy)
     ph_pw = check_output_size(output_size)
-    parsed = _parse_box(box)
+    parsed = parse_box(box)
     s = check_spatial_scale(spatial_scale)
     if name in ("adaptive_max", "adaptive_avg", "resize"):
         if height is None or width is None:
@@ -346,7 +314,7 @@ def _aspect(
     if name == "roi_align":
         rw, rh = (x2 - x1) * s, (y2 - y1) * s
     elif name == "roi_pool":
-        q = _round_half_away(torch.tensor([x1 * s, y1 * s, x2 * s, y2 * s], dtype=torch.float32))
+        q = quantize(torch.tensor([parsed], dtype=torch.float32), s)[0].tolist()  # as roi_pool rounds a float32 box
         rw, rh = max(q[2] - q[0] + 1, 1), max(q[3] - q[1] + 1, 1)
     elif name in ("adaptive_max", "adaptive_avg", "resize"):
         if crop is None:
@@ -357,11 +325,6 @@ def _aspect(
     if rw <= 0 or rh <= 0:
         return math.nan
     return math.log((rw / rh) / (pw / ph))
-
-
-def _round_half_away(v: Tensor) -> list[int]:
-    whole = torch.trunc(v)
-    return [int(t) for t in whole + torch.sign(v) * ((v - whole).abs() >= 0.5).to(v.dtype)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +656,7 @@ def influence_map(
     if probe is not None:
         probe = check_input(probe, "probe")
         n, _, height, width = probe.shape
-        parsed = _parse_box(box, n)
+        parsed = parse_box(box, n)
         x = probe.detach().clone().requires_grad_(True)
         rois = torch.tensor([parsed], dtype=x.dtype, device=x.device)
         w = 0.5 + torch.rand(1, 1, *ph_pw, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
@@ -702,7 +665,7 @@ def influence_map(
             (g,) = torch.autograd.grad((out * w.to(x.device)).sum(), x)
         return g[parsed[0]].abs().sum(0)
     height, width = _check_map_size(height, width)
-    parsed = _parse_box(box)
+    parsed = parse_box(box)
     influence, _ = _Probe(parsed, ph_pw, s, height, width, seed, windowed=True).run(fn, impulses=False)
     return influence  # type: ignore[return-value]
 
@@ -769,7 +732,7 @@ def coverage(
     (0.25, 0)
     """
     grad = influence_map(strategy, box, output_size, spatial_scale, height, width, seed=seed)
-    return _coverage_from(grad, _parse_box(box), check_spatial_scale(spatial_scale))
+    return _coverage_from(grad, parse_box(box), check_spatial_scale(spatial_scale))
 
 
 # --------------------------------------------------------------------------------------------
@@ -901,7 +864,7 @@ def misalignment(
     ph_pw = check_output_size(output_size)
     s = check_spatial_scale(spatial_scale)
     height, width = _check_map_size(height, width)
-    parsed = _parse_box(box)
+    parsed = parse_box(box)
     fn = _strategy_fn(strategy)
     probe = _Probe(parsed, ph_pw, s, height, width, 0, windowed=True)
     _, responses = probe.run(fn, grad=False)
@@ -969,7 +932,7 @@ def reconstruction_psnr(output: Tensor, input: Tensor, box: Box, spatial_scale: 
     inf
     """
     input = check_input(input)
-    parsed = _parse_box(box, input.shape[0])
+    parsed = parse_box(box, input.shape[0])
     s = check_spatial_scale(spatial_scale)
     if not isinstance(output, Tensor):
         raise TypeError(f"output must be a Tensor[C, PH, PW], got {type(output).__name__}")
@@ -1215,7 +1178,7 @@ def strategy_metrics(
     n, _c, height, width = input.shape
     ph_pw = check_output_size(output_size)
     s = check_spatial_scale(spatial_scale)
-    parsed = _parse_box(box, n)
+    parsed = parse_box(box, n)
     items = _resolve(strategies)
     if outputs is not None and not isinstance(outputs, Mapping):
         raise TypeError(f"outputs must be a mapping strategy name -> Tensor, got {type(outputs).__name__}")

@@ -14,6 +14,14 @@ convention, the same one ROI Pool uses); ``roi_pool`` and ``roi_align`` are the 
 ``roi_pool``     Fast R-CNN's quantised max pooling (:func:`roiviz.roi_pool`)
 ``roi_align``    Mask R-CNN's bilinear sampling, ``aligned=True, sampling_ratio=2``
 =============== ==================================================================
+
+NaN and inf behave as in the definition of each strategy, box by box: a cell only ever reaches
+the outputs of the bins that contain it (zero fill and padding are selected, never multiplied
+in, so ``+inf`` stays ``+inf`` and one box's inf never reaches another box); ``adaptive_max``
+propagates NaN as ``F.adaptive_max_pool2d`` does and ``adaptive_avg`` sums exactly the cells
+``F.adaptive_avg_pool2d`` sums (in another order: equal up to rounding). ``resize`` multiplies each of a sample's four cells by its
+weight, so a non-finite neighbour makes the sample non-finite even at weight 0 (torch's kernel
+skips some zero-weight neighbours, depending on the sizes and the CPU).
 """
 
 from __future__ import annotations
@@ -23,9 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_input, check_spatial_scale
-from .boxes import BoxesLike, crop_bounds, to_rois
-from .ops._common import channels_last, prepare
+from ._checks import check_eager, check_input, check_output_size, check_spatial_scale
+from .boxes import BoxesLike, compute_dtype, crop_bounds, to_rois
 from .ops.roi_align import roi_align
 from .ops.roi_pool import roi_pool
 
@@ -46,6 +53,22 @@ Strategy = Callable[..., Tensor]
 _ANCHORS = ("top-left", "centre")
 
 
+def _arguments(
+    name: str, input: Tensor, boxes: BoxesLike, output_size: object, spatial_scale: object
+) -> tuple[Tensor, Tensor, int, int, float]:
+    """Check a strategy's arguments once: ``(input, rois [K, 5], PH, PW, spatial_scale)``."""
+    check_eager(name, input=input, boxes=boxes)
+    input = check_input(input)
+    ph_n, pw_n = check_output_size(output_size)
+    scale = check_spatial_scale(spatial_scale)
+    return input, to_rois(boxes, input).detach(), ph_n, pw_n, scale
+
+
+def _channels_last(input: Tensor) -> Tensor:
+    """``[N, H, W, C]`` in the compute dtype: gathering a cell then copies ``C`` contiguous numbers."""
+    return input.permute(0, 2, 3, 1).contiguous().to(compute_dtype(input.dtype))
+
+
 def crop_rois(input: Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> list[Tensor]:
     """The exact integer crop of every box: a list of ``Tensor[C, h_k, w_k]`` views.
 
@@ -62,8 +85,9 @@ def crop_rois(input: Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> li
     >>> [tuple(c.shape) for c in roiviz.crop_rois(x, boxes, spatial_scale=1 / 16)]
     [(256, 13, 19), (256, 5, 5)]
     """
+    check_eager("crop_rois", input=input, boxes=boxes)
     input = check_input(input)
-    rois = to_rois(boxes, input)
+    rois = to_rois(boxes, input).detach()
     y0, x0, h, w = crop_bounds(rois, check_spatial_scale(spatial_scale), input.shape[2], input.shape[3])
     rows = torch.stack([rois[:, 0].long(), y0, x0, h, w], dim=1).tolist()
     return [input[b, :, r : r + hh, c : c + ww] for b, r, c, hh, ww in rows]
@@ -95,8 +119,8 @@ def crop(
     """
     if anchor not in _ANCHORS:
         raise ValueError(f"anchor must be one of {_ANCHORS}, got {anchor!r}")
-    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
-    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    input, rois, ph_n, pw_n, scale = _arguments("crop", input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, scale, input.shape[2], input.shape[3])
     if anchor == "centre":
         dy, dx = torch.div(h - ph_n, 2, rounding_mode="floor"), torch.div(w - pw_n, 2, rounding_mode="floor")
     else:
@@ -148,8 +172,9 @@ def pad_to_max(input: Tensor, boxes: BoxesLike, spatial_scale: float = 1.0) -> t
     >>> padded.shape, valid[1].int().tolist()
     (torch.Size([2, 1, 2, 3]), [[1, 0, 0], [0, 0, 0]])
     """
+    check_eager("pad_to_max", input=input, boxes=boxes)
     input = check_input(input)
-    rois = to_rois(boxes, input)
+    rois = to_rois(boxes, input).detach()
     y0, x0, h, w = crop_bounds(rois, check_spatial_scale(spatial_scale), input.shape[2], input.shape[3])
     h_max = int(h.max()) if len(h) else 0
     w_max = int(w.max()) if len(w) else 0
@@ -216,14 +241,14 @@ def resize(
             [3.0000, 3.2500, 3.7500, 4.0000],
             [4.0000, 4.2500, 4.7500, 5.0000]])
     """
-    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
-    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    input, rois, ph_n, pw_n, scale = _arguments("resize", input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, scale, input.shape[2], input.shape[3])
     dtype = rois.dtype
     r0, r1, ly, hy = _resize_taps(h, ph_n, dtype)  # [K, PH]
     c0, c1, lx, hx = _resize_taps(w, pw_n, dtype)  # [K, PW]
     ok_r = (h > 0)[:, None].expand_as(r0)
     ok_s = (w > 0)[:, None].expand_as(c0)
-    x = channels_last(input)
+    x = _channels_last(input)
     # out = hy * (hx * v00 + lx * v01) + ly * (hx * v10 + lx * v11), as upsample_bilinear2d does.
     v00 = _gather_cl(x, rois, y0[:, None] + r0, ok_r, x0[:, None] + c0, ok_s)
     v01 = _gather_cl(x, rois, y0[:, None] + r0, ok_r, x0[:, None] + c1, ok_s)
@@ -247,32 +272,34 @@ def _resize_taps(size: Tensor, out_n: int, dtype: torch.dtype) -> tuple[Tensor, 
 
 
 def _adaptive(input: Tensor, boxes: BoxesLike, output_size, spatial_scale: float, mode: str) -> Tensor:
-    input, rois, ph_n, pw_n, _ = prepare(input, boxes, output_size, spatial_scale)
-    y0, x0, h, w = crop_bounds(rois, float(spatial_scale), input.shape[2], input.shape[3])
+    input, rois, ph_n, pw_n, scale = _arguments(f"adaptive_{mode}", input, boxes, output_size, spatial_scale)
+    y0, x0, h, w = crop_bounds(rois, scale, input.shape[2], input.shape[3])
+    rs, re = _adaptive_edges(h, ph_n)  # [K, PH] rows rs .. re-1 of the crop form bin i
+    ss, se = _adaptive_edges(w, pw_n)  # [K, PW]
+    empty = ((re == rs)[:, :, None] | (se == ss)[:, None, :])[..., None]  # [K, PH, PW, 1]
+    # The crops, zero-filled top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
     k_n = rois.shape[0]
-    # The crops, zero-padded top-left into one window [K, Hmax, Wmax, C] (reads the boxes).
     h_max = int(h.max()) if k_n else 0
     w_max = int(w.max()) if k_n else 0
     rows = torch.arange(h_max, device=input.device)
     cols = torch.arange(w_max, device=input.device)
-    window = _gather_cl(channels_last(input), rois, y0[:, None] + rows, rows < h[:, None],
+    window = _gather_cl(_channels_last(input), rois, y0[:, None] + rows, rows < h[:, None],
                         x0[:, None] + cols, cols < w[:, None])  # [K, Hmax, Wmax, C]
-    rs, re = _adaptive_edges(h, ph_n)  # [K, PH] rows rs .. re-1 form bin i
-    ss, se = _adaptive_edges(w, pw_n)  # [K, PW]
-    empty = ((re == rs)[:, :, None] | (se == ss)[:, None, :])[..., None]  # [K, PH, PW, 1]
     if mode == "avg":
-        # Averaging is linear and separable: out = Ay @ crop @ Ax^T with Ay[i, r] = 1/kh on bin i.
-        ay = _bin_matrix(rs, re, h_max, window.dtype)  # [K, PH, Hmax]
-        ax = _bin_matrix(ss, se, w_max, window.dtype)  # [K, PW, Wmax]
-        out = torch.einsum("kir,krsc,kjs->kijc", ay, window, ax)  # [K, PH, PW, C]
-        out = out.masked_fill(empty, 0.0)
+        # Sum over the columns of each bin, then over its rows, then divide by the bin's size.
+        # Cells outside a bin are selected away, never multiplied by 0: a bin holding +inf is
+        # +inf, one holding NaN (or +inf and -inf) is NaN, and no other bin is touched.
+        strip = _window_sum(window, ss, se, w_max, dim=2)  # [K, Hmax, PW, C]
+        out = _window_sum(strip, rs, re, h_max, dim=1)  # [K, PH, PW, C]
+        size = (re - rs)[:, :, None] * (se - ss)[:, None, :]  # [K, PH, PW] cells per bin
+        out = out / size.clamp(min=1)[..., None].to(out.dtype)
     else:
-        # Max over the columns of each bin, then over its rows. Strict '>' in visiting order
-        # keeps the first column of the first row that holds the maximum: the same cell that
-        # adaptive_max_pool2d's row-major scan picks, so gradients go where torch sends them.
+        # Max over the columns of each bin, then over its rows, with adaptive_max_pool2d's rule
+        # (take a cell if it is greater or NaN): the first maximum in row-major order, or the
+        # last NaN, which is the cell torch picks, so gradients go where torch sends them.
         strip = _running_max(window, ss, se, w_max, dim=2)  # [K, Hmax, PW, C]
         out = _running_max(strip, rs, re, h_max, dim=1)  # [K, PH, PW, C]
-        out = out.masked_fill(empty, 0.0)
+    out = out.masked_fill(empty, 0.0)
     return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
 
 
@@ -284,49 +311,74 @@ def _adaptive_edges(size: Tensor, out_n: int) -> tuple[Tensor, Tensor]:
     return start, end
 
 
-def _bin_matrix(start: Tensor, end: Tensor, length: int, dtype: torch.dtype) -> Tensor:
-    """``M[k, i, r] = 1 / (end - start)`` where ``start[k, i] <= r < end[k, i]``, else 0."""
-    r = torch.arange(length, device=start.device)
-    inside = (r >= start[..., None]) & (r < end[..., None])
-    return inside.to(dtype) / (end - start).clamp(min=1)[..., None].to(dtype)
+def _window_sum(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
+    """Sum of ``x`` along ``dim`` over ``start[k, i] .. end[k, i] - 1``, one output per bin ``i``.
 
-
-def _running_max(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
-    """Max of ``x`` along ``dim`` over ``start[k, i] .. end[k, i] - 1``, one output per bin ``i``.
-
-    ``x`` is ``[K, A, B, C]``; ``dim`` is 1 or 2. Empty bins give ``-inf``.
+    ``x`` is ``[K, A, B, C]``; ``dim`` is 1 or 2. Steps beyond a bin add nothing (selected, not
+    multiplied, so the value read there cannot turn the sum into NaN). Empty bins sum to 0.
     """
     k_n, _, _, c_n = x.shape
     n_bins = start.shape[1]
     widest = int((end - start).max()) if k_n else 0
     shape = [k_n, x.shape[1], x.shape[2], c_n]
     shape[dim] = n_bins
-    best = x.new_full(shape, -torch.inf)
     view = [k_n, 1, 1, 1]
     view[dim] = n_bins
+    total = x.new_zeros(shape) + x[:0].sum()  # in the graph even when no step is taken
     for d in range(widest):
         pos = start + d  # [K, bins]
-        ok = (pos < end).view(view)
+        index = pos.clamp(max=max(length - 1, 0)).view(view).expand(shape)
+        total = total + torch.where((pos < end).view(view), torch.gather(x, dim, index), 0.0)
+    return total
+
+
+def _running_max(x: Tensor, start: Tensor, end: Tensor, length: int, dim: int) -> Tensor:
+    """Max of ``x`` along ``dim`` over ``start[k, i] .. end[k, i] - 1``, one output per bin ``i``.
+
+    ``x`` is ``[K, A, B, C]``; ``dim`` is 1 or 2. Starts from each bin's first cell and takes a
+    later cell when it is greater or NaN (``adaptive_max_pool2d``'s rule). Empty bins hold an
+    arbitrary value: callers mask them.
+    """
+    k_n, _, _, c_n = x.shape
+    n_bins = start.shape[1]
+    widest = int((end - start).max()) if k_n else 0
+    shape = [k_n, x.shape[1], x.shape[2], c_n]
+    shape[dim] = n_bins
+    if widest == 0:  # no cell at all (no boxes, or every crop empty): zeros, still in the graph
+        return x.new_zeros(shape) + x[:0].sum()
+    view = [k_n, 1, 1, 1]
+    view[dim] = n_bins
+    best = None
+    for d in range(widest):
+        pos = start + d  # [K, bins]
         index = pos.clamp(max=max(length - 1, 0)).view(view).expand(shape)
         v = torch.gather(x, dim, index)
-        best = torch.where(ok & (v > best), v, best)
+        if best is None:
+            best = v
+        else:
+            take = (pos < end).view(view) & ((v > best) | torch.isnan(v))
+            best = torch.where(take, v, best)
     return best
 
 
 def _gather(input: Tensor, rois: Tensor, rows: Tensor, ok_r: Tensor, cols: Tensor, ok_s: Tensor) -> Tensor:
     """``input[b_k, :, rows[k, i], cols[k, j]]`` as ``[K, C, I, J]``, zero where not ok."""
-    out = _gather_cl(channels_last(input), rois, rows, ok_r, cols, ok_s)
+    out = _gather_cl(_channels_last(input), rois, rows, ok_r, cols, ok_s)
     return out.permute(0, 3, 1, 2).contiguous().to(input.dtype)
 
 
 def _gather_cl(x: Tensor, rois: Tensor, rows: Tensor, ok_r: Tensor, cols: Tensor, ok_s: Tensor) -> Tensor:
-    """Channels-last gather: ``x [N, H, W, C]`` at ``rows [K, I]`` x ``cols [K, J]`` -> ``[K, I, J, C]``."""
+    """Channels-last gather: ``x [N, H, W, C]`` at ``rows [K, I]`` x ``cols [K, J]`` -> ``[K, I, J, C]``.
+
+    Zero where not ok, by selection: ``0 * inf`` would be NaN, and the clamped cell read for a
+    position outside the crop may hold anything.
+    """
     _, height, width, _ = x.shape
     batch = rois[:, 0].long()[:, None, None]  # [K, 1, 1]
     r = rows.clamp(0, max(height - 1, 0))[:, :, None]  # [K, I, 1]
     c = cols.clamp(0, max(width - 1, 0))[:, None, :]  # [K, 1, J]
     ok = (ok_r[:, :, None] & ok_s[:, None, :])[..., None]  # [K, I, J, 1]
-    return x[batch, r, c] * ok.to(x.dtype)
+    return torch.where(ok, x[batch, r, c], 0.0)
 
 
 def _roi_align_strategy(

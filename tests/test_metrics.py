@@ -17,13 +17,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import roiviz
+from roiviz.boxes import parse_box
 from roiviz.metrics import (
     METRICS,
     QUANTIZING,
     MetricsTable,
     StrategyMetrics,
     _coverage_from,
-    _parse_box,
     _Probe,
     aspect_distortion,
     box_cells,
@@ -250,7 +250,7 @@ def test_local_marks_a_strategy() -> None:
 
 
 def test_window_not_used_for_other_scales() -> None:
-    box = _parse_box((3.0, 3.0, 9.0, 9.0))
+    box = parse_box((3.0, 3.0, 9.0, 9.0))
     assert _Probe(box, (2, 2), 1 / 3, 30, 30, 0, windowed=True).window == (0, 30, 0, 30)
     # Cells 1.5 .. 4.5 -> rows/cols floor(1.5) - 2 = -1 (clipped to 0) .. ceil(4.5) + 3 = 8.
     assert _Probe(box, (2, 2), 0.5, 30, 30, 0, windowed=True).window == (0, 8, 0, 8)

@@ -29,17 +29,20 @@ Which paths synchronise with the host (a stall on a GPU):
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .._checks import check_aligned, check_sampling_ratio
+from .._checks import check_adaptive_grid, check_aligned, check_eager, check_sampling_ratio
 from ..boxes import BoxesLike
 from ._align_cpu import roi_align_cpu
 from ._align_small import roi_align_small, use_small_path
-from ._common import align_geometry, axis_taps, channels_last, prepare
+from ._common import align_geometry, axis_taps, channels_last
+from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIAlign", "roi_align"]
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs, as in torchvision (symbolic tracing cannot read boxes)
 def roi_align(
     input: Tensor,
     boxes: BoxesLike,
@@ -65,8 +68,9 @@ def roi_align(
     spatial_scale : float
         Factor from image pixels to feature cells, e.g. ``1/16`` for a stride-16 map.
     sampling_ratio : int
-        Samples per bin side. ``-1`` (any negative) chooses ``ceil(box_size / output_size)``
-        per box, which reads the boxes on the host (a synchronisation on GPU).
+        Samples per bin side. ``-1`` (any value ``<= 0``, as in torchvision) chooses
+        ``ceil(box_size / output_size)`` per box, which reads the boxes on the host (a
+        synchronisation on GPU); a grid of more than ``2**31 - 1`` samples per bin is refused.
     aligned : bool
         ``True`` shifts the box by half a cell so that sample ``(y, x)`` means the point
         ``(y, x)`` of a map whose cell ``i`` is centred on ``i`` — the correct convention.
@@ -75,7 +79,9 @@ def roi_align(
     Returns
     -------
     Tensor[K, C, PH, PW]
-        In ``input``'s dtype and device.
+        In ``input``'s dtype and device, also under :func:`torch.autocast` (computed in float32
+        for half types, like torchvision). Differentiable w.r.t. ``input``; ``boxes`` get no
+        gradient. No boxes, no images, no channels or a 0 in ``output_size`` give an empty result.
 
     Convention
     ----------
@@ -94,9 +100,20 @@ def roi_align(
     tensor([[[[ 2.5000,  4.5000],
               [10.5000, 12.5000]]]])
     """
-    input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
+    # ---- Front door (roiviz.ops._door): checks, box parsing, torchvision's edge cases, autocast.
+    # Below it the kernels see a non-empty problem, detached rois [K, 5] and autocast off.
+    if autocast_on(input):  # torchvision computes in float32 (float64 stays) and returns input.dtype
+        with torch.autocast(input.device.type, enabled=False):
+            return roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    check_eager("roi_align", input=input, boxes=boxes)
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     aligned = check_aligned(aligned)
+    input, rois, ph_n, pw_n, scale = roi_arguments(input, boxes, output_size, spatial_scale)
+    if empty_problem(input, rois, ph_n, pw_n):
+        return empty_result(input, rois.shape[0], ph_n, pw_n)
+    if sampling_ratio <= 0:
+        check_adaptive_grid(rois, float(scale), ph_n, pw_n, aligned)
+    # ---- End of the front door.
     if input.device.type == "cpu":
         k_n, (_, c_n, height, width) = rois.shape[0], input.shape
         if use_small_path(k_n, c_n, height, width, ph_n, pw_n):
@@ -169,7 +186,7 @@ class RoIAlign(nn.Module):
         super().__init__()
         from .._checks import check_output_size, check_spatial_scale
 
-        self.output_size = check_output_size(output_size)
+        self.output_size = check_output_size(output_size, allow_empty=True)
         self.spatial_scale = check_spatial_scale(spatial_scale)
         self.sampling_ratio = check_sampling_ratio(sampling_ratio)
         self.aligned = check_aligned(aligned)

@@ -45,14 +45,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_eager
 from ..boxes import BoxesLike, compute_dtype, round_half_away
-from ._common import output_empty, prepare, workspace
+from ._common import output_empty, workspace
+from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
 
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: the kernel's start value, for every dtype
 
 
+@torch.fx.wrap  # a leaf of torch.fx graphs, as in torchvision (symbolic tracing cannot read boxes)
 def roi_pool(
     input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
 ) -> Tensor:
@@ -75,6 +78,9 @@ def roi_pool(
     Returns
     -------
     Tensor[K, C, PH, PW]
+        In ``input``'s dtype, also under :func:`torch.autocast` (computed in float32 for half
+        types, like torchvision). Differentiable w.r.t. ``input``; ``boxes`` get no gradient.
+        No boxes, no images, no channels or a 0 in ``output_size`` give an empty result.
 
     Convention
     ----------
@@ -98,7 +104,16 @@ def roi_pool(
             [[[ 9., 11.],
               [13., 15.]]]])
     """
-    input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
+    # ---- Front door (roiviz.ops._door): checks, box parsing, torchvision's edge cases, autocast.
+    # Below it the kernels see a non-empty problem, detached rois [K, 5] and autocast off.
+    if autocast_on(input):  # torchvision computes in float32 (float64 stays) and returns input.dtype
+        with torch.autocast(input.device.type, enabled=False):
+            return roi_pool(input, boxes, output_size, spatial_scale)
+    check_eager("roi_pool", input=input, boxes=boxes)
+    input, rois, ph_n, pw_n, scale = roi_arguments(input, boxes, output_size, spatial_scale)
+    if empty_problem(input, rois, ph_n, pw_n):
+        return empty_result(input, rois.shape[0], ph_n, pw_n)
+    # ---- End of the front door.
     # The argmax is only worth finding when a graph is recorded: under no_grad a feature map that
     # requires grad still shows up in ctx.needs_input_grad, and tracking triples the forward's cost.
     track = torch.is_grad_enabled() and input.requires_grad
@@ -498,7 +513,7 @@ class RoIPool(nn.Module):
         super().__init__()
         from .._checks import check_output_size, check_spatial_scale
 
-        self.output_size = check_output_size(output_size)
+        self.output_size = check_output_size(output_size, allow_empty=True)
         self.spatial_scale = check_spatial_scale(spatial_scale)
 
     def forward(self, input: Tensor, rois: BoxesLike) -> Tensor:
