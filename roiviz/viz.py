@@ -46,7 +46,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatterSciNotation
 
-from .reference import roi_align_sample_points, roi_pool_bins
+from .boxes import align_geometry, parse_box, pool_bin_edges, sample_grid
 
 __all__ = [
     "BIN_COLORS",
@@ -191,17 +191,10 @@ def box_in_map(box: Sequence[float], spatial_scale: float = 1.0) -> Box:
 
 
 def _check_box(box: Any, name: str = "box") -> Box:
-    try:
-        values = [float(v) for v in (box.tolist() if isinstance(box, (torch.Tensor, np.ndarray)) else box)]
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence (x1, y1, x2, y2), got {type(box).__name__}") from None
-    if len(values) == 5:  # a (batch_index, x1, y1, x2, y2) row
-        values = values[1:]
-    if len(values) != 4:
-        raise ValueError(f"{name} must have 4 numbers (x1, y1, x2, y2), got {len(values)}")
-    if not all(np.isfinite(values)):
-        raise ValueError(f"{name} must be finite, got {tuple(values)}")
-    return (values[0], values[1], values[2], values[3])
+    if isinstance(box, (torch.Tensor, np.ndarray)):
+        box = box.tolist()
+    _, x1, y1, x2, y2 = parse_box(box, name=name)
+    return (x1, y1, x2, y2)
 
 
 def _roi(box: Box) -> torch.Tensor:
@@ -365,7 +358,9 @@ class RoIPoolArtists:
         h, w = self.shape
         x1, y1, x2, y2 = box_in_map(box, self.spatial_scale)
         self.box.set_bounds(x1, y1, x2 - x1, y2 - y1)
-        bins = roi_pool_bins(_roi(box), ph_n, pw_n, self.spatial_scale, h, w)
+        edges = (t[0].tolist() for t in pool_bin_edges(_roi(box)[None], self.spatial_scale, ph_n, pw_n, h, w))
+        bh0, bh1, bw0, bw1 = edges
+        bins = [[(bh0[i], bh1[i], bw0[j], bw1[j]) for j in range(pw_n)] for i in range(ph_n)]
         for rect, (hs, he, ws, we) in zip(self.bins, (b for row in bins for b in row), strict=True):
             # Rows hs..he-1 cover [hs, he]; the outline sits BIN_INSET inside that square.
             rect.set_bounds(ws + BIN_INSET, hs + BIN_INSET, we - ws - 2 * BIN_INSET, he - hs - 2 * BIN_INSET)
@@ -481,15 +476,13 @@ class RoIAlignArtists:
         h, w = self.shape
         x1, y1, x2, y2 = box_in_map(box, self.spatial_scale)
         self.box.set_bounds(x1, y1, x2 - x1, y2 - y1)
-        points, count = roi_align_sample_points(_roi(box), ph_n, pw_n, self.spatial_scale,
-                                                self.sampling_ratio, self.aligned)
-        self.count = count
+        g = align_geometry(_roi(box)[None], self.spatial_scale, ph_n, pw_n, self.sampling_ratio, self.aligned)
+        ys, xs, _, _ = sample_grid(_roi(box)[None], self.spatial_scale, ph_n, pw_n, self.sampling_ratio, self.aligned)
+        gh, gw = int(g.grid_h[0]), int(g.grid_w[0])
+        self.count = count = max(gh * gw, 1)
         # The region ROI Align samples, in index coordinates (cell centres at integers) ...
-        offset = 0.5 if self.aligned else 0.0
-        sx, sy = x1 - offset, y1 - offset
-        rw, rh = (x2 - offset) - sx, (y2 - offset) - sy
-        if not self.aligned:  # legacy ROI Align forces a malformed box to at least 1x1
-            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        sx, sy = float(g.start_w[0]), float(g.start_h[0])
+        rw, rh = float(g.bin_w[0]) * pw_n, float(g.bin_h[0]) * ph_n
         # ... drawn shifted by +0.5 since a cell c covers [c, c + 1] on screen.
         self.region.set_bounds(sx + 0.5, sy + 0.5, rw, rh)
         segs = [[(sx + 0.5 + pw * rw / pw_n, sy + 0.5), (sx + 0.5 + pw * rw / pw_n, sy + 0.5 + rh)]
@@ -497,7 +490,8 @@ class RoIAlignArtists:
         segs += [[(sx + 0.5, sy + 0.5 + ph * rh / ph_n), (sx + 0.5 + rw, sy + 0.5 + ph * rh / ph_n)]
                  for ph in range(1, ph_n)]
         self.grid.set_segments(segs)
-        yx = np.array([p for row in points for cell in row for p in cell], dtype=np.float64).reshape(-1, 2)
+        yy, xx = np.broadcast_arrays(ys[0, :, None, :gh, None].double().numpy(), xs[0, None, :, None, :gw].double().numpy())
+        yx = np.stack([yy.ravel(), xx.ravel()], axis=1)  # bin (ph, pw), then sample (iy, ix)
         # A sample contributes nothing when y < -1, y > H, x < -1 or x > W, but still counts.
         out = (yx[:, 0] < -1) | (yx[:, 0] > h) | (yx[:, 1] < -1) | (yx[:, 1] > w)
         xy = yx[:, ::-1] + 0.5
