@@ -109,11 +109,6 @@ def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, s
     return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
 
 
-#: Channels per block of the CPU backward: a block's additions go in torchvision's order while
-#: blocks run in parallel; 32 float32 channels are two cache lines per cell.
-GRAD_BLOCK = 32
-
-
 class _RoIAlignCPU(torch.autograd.Function):
     """roi_align on CPU tensors through the compiled kernels of :mod:`roiviz.ops._numba`.
 
@@ -151,13 +146,19 @@ class _RoIAlignCPU(torch.autograd.Function):
         ph_n, pw_n, scale, sampling_ratio, aligned = ctx.args
         n_n, c_n, height, width = ctx.input_shape
         dtype = compute_dtype(ctx.input_dtype)
-        grad_in = torch.zeros(n_n, height, width, c_n, dtype=dtype)  # channels last, like the input copy
+        block = _numba.GRAD_BLOCK
+        blocks = -(-c_n // block)
+        # Blocks of channels, each contiguous: [C / B, N*H*W, B].
+        grad_in = torch.zeros(blocks, n_n * height * width, block, dtype=dtype)
         if grad_out.numel():
-            grad = grad_out.to(dtype).permute(0, 2, 3, 1).contiguous()  # [K, PH, PW, C]
+            grad = grad_out.new_zeros(grad_out.shape[0], ph_n, pw_n, blocks * block, dtype=dtype)  # [K, PH, PW, C]
+            grad[..., :c_n] = grad_out.permute(0, 2, 3, 1)
             gi = grad_in.numpy()
             _numba.launch(_numba.roi_align_backward, grad.numpy(), rois.numpy(), gi.dtype.type(scale), ph_n, pw_n,
-                          sampling_ratio, aligned, GRAD_BLOCK, gi)
-        grad_nchw = grad_in.permute(0, 3, 1, 2).to(ctx.input_dtype, memory_format=torch.contiguous_format)
+                          sampling_ratio, aligned, n_n, height, width, gi)
+        grad_nchw = torch.empty(n_n, c_n, height, width, dtype=ctx.input_dtype)
+        grad_nchw.view(n_n, c_n, -1).copy_(
+            grad_in.view(blocks, n_n, -1, block).permute(1, 0, 3, 2).reshape(n_n, blocks * block, -1)[:, :c_n])
         return grad_nchw, None, None, None, None, None, None
 
 
