@@ -288,8 +288,10 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
     roi_h = max(end_h - start_h + 1, 1)
     bin_h = as_type(roi_h, scale) / as_type(ph_n, scale)
     bin_w = as_type(roi_w, scale) / as_type(pw_n, scale)
-    best = np.empty(c_n, x.dtype)
-    arg = np.empty(c_n, np.int32)
+    rows = x.reshape((-1, c_n))  # [N*H*W, C]
+    base = b * height
+    best_tile = np.empty((ph_n * pw_n, c_n), x.dtype)  # this ROI's results, channels last
+    arg_tile = np.empty((ph_n * pw_n, c_n), np.int32)
     for ph in range(ph_n):
         hstart = int(np.floor(as_type(ph, scale) * bin_h))
         hend = int(np.ceil(as_type(ph + 1, scale) * bin_h))
@@ -301,19 +303,27 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
             wstart = min(max(wstart + start_w, 0), width)
             wend = min(max(wend + start_w, 0), width)
             empty = hend <= hstart or wend <= wstart
+            best = best_tile[ph * pw_n + pw]
+            arg = arg_tile[ph * pw_n + pw]
             best[:] = as_type(0 if empty else -_FLT_MAX, scale)
             arg[:] = -1
             for h in range(hstart, hend):
                 for w in range(wstart, wend):
-                    row = x[b, h, w]
-                    cell = h * width + w
-                    for c in range(c_n):  # as selects, which vectorise
-                        win = row[c] > best[c]
-                        best[c] = row[c] if win else best[c]
-                        arg[c] = cell if win else arg[c]
-            for c in range(c_n):
-                out[k, c, ph, pw] = best[c]
-                argmax[k, c, ph, pw] = arg[c]
+                    p = (base + h) * width + w
+                    cell = np.int32(h * width + w)
+                    for c in range(c_n):  # as selects of loaded values, which vectorise
+                        v = rows[p, c]
+                        old = best[c]
+                        old_arg = arg[c]
+                        win = v > old
+                        best[c] = v if win else old
+                        arg[c] = cell if win else old_arg
+    # Written channels first in one pass (out[k] is contiguous).
+    for c in range(c_n):
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                out[k, c, ph, pw] = best_tile[ph * pw_n + pw, c]
+                argmax[k, c, ph, pw] = arg_tile[ph * pw_n + pw, c]
 
 
 @njit(parallel=True, cache=True)
