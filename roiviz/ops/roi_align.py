@@ -157,8 +157,9 @@ class _RoIAlignCPU(torch.autograd.Function):
             _numba.launch(_numba.roi_align_backward, grad.numpy(), rois.numpy(), gi.dtype.type(scale), ph_n, pw_n,
                           sampling_ratio, aligned, n_n, height, width, gi)
         grad_nchw = torch.empty(n_n, c_n, height, width, dtype=ctx.input_dtype)
-        grad_nchw.view(n_n, c_n, -1).copy_(
-            grad_in.view(blocks, n_n, -1, block).permute(1, 0, 3, 2).reshape(n_n, blocks * block, -1)[:, :c_n])
+        cells = height * width
+        grad_nchw.view(n_n, c_n, cells).copy_(
+            grad_in.view(blocks, n_n, cells, block).permute(1, 0, 3, 2).reshape(n_n, blocks * block, cells)[:, :c_n])
         return grad_nchw, None, None, None, None, None, None
 
 
