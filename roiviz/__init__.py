@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from ._checks import trusted_boxes
 from .boxes import crop_bounds, to_rois
-from .ops import clear_workspace
 from .ops.roi_align import RoIAlign, roi_align
 from .ops.roi_pool import RoIPool, roi_pool
 from .poolers import MultiScaleRoIAlign, map_levels
@@ -43,7 +42,6 @@ __all__ = [
     "__version__",
     "adaptive_avg",
     "adaptive_max",
-    "clear_workspace",
     "crop",
     "crop_bounds",
     "crop_rois",

@@ -1,273 +1,54 @@
-"""Helpers shared by the ROI ops: argument checking and the channels-last view they gather from."""
+"""Helpers shared by the ROI ops' implementations: the channels-last view they read, the CPU
+kernel switch, and ROI Align's bilinear taps (the box conventions themselves are in
+:mod:`roiviz.boxes`)."""
 
 from __future__ import annotations
 
-import ctypes
-import math
+import importlib.util
 import os
-import sys
-import threading
-from typing import NamedTuple
 
 import torch
 
-from .._checks import check_input, check_output_size, check_spatial_scale
-from ..boxes import BoxesLike, compute_dtype, to_rois
-
-
-def prepare(
-    input: torch.Tensor, boxes: BoxesLike, output_size: object, spatial_scale: object
-) -> tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor]:
-    """Check the common arguments once.
-
-    Returns ``(input, rois [K, 5], PH, PW, scale)`` where ``scale`` is a 0-dim tensor in the
-    compute dtype: the C++ kernels multiply ``x1 * spatial_scale`` in the input's type, and so
-    must we to quantise exactly as they do.
-    """
-    input = check_input(input)
-    ph, pw = check_output_size(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    rois = to_rois(boxes, input)
-    scale_t = torch.tensor(scale, dtype=compute_dtype(input.dtype), device=input.device)
-    return input, rois, ph, pw, scale_t
+from ..boxes import compute_dtype, sample_coords
 
 
 def channels_last(input: torch.Tensor) -> torch.Tensor:
     """``[N, C, H, W]`` as a contiguous ``[N, H, W, C]`` in the compute dtype.
 
     Gathering whole channel vectors (``x[b, y, x]`` is ``C`` contiguous numbers) is what makes
-    the vectorised ops fast: one index per position instead of one per element.
+    both implementations fast: one index per position instead of one per element, and a
+    contiguous innermost loop over channels in the compiled kernels.
     """
     n, c, h, w = input.shape
-    return empty((n, h, w, c), compute_dtype(input.dtype), input.device).copy_(input.permute(0, 2, 3, 1))
+    out = torch.empty((n, h, w, c), dtype=compute_dtype(input.dtype), device=input.device)
+    return out.copy_(input.permute(0, 2, 3, 1))
 
 
-def from_channels_last(rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Copy ``rows [N*H*W, C]`` (channels last) into the contiguous ``out [N, C, H, W]``; returns ``out``.
+#: Environment variable choosing the CPU implementation of roi_align and roi_pool: ``numba``
+#: (the default: the compiled loops of :mod:`roiviz.ops._numba`) or ``torch`` (the portable
+#: gathers that every other device uses). Read at each call.
+KERNELS_ENV = "ROIVIZ_KERNELS"
 
-    Read straight from ``rows``, this transposing copy reads rows ``C`` numbers apart (1 KiB
-    for 256 float32 channels), which keep landing in the same few L1 cache sets: 24 ms for a
-    ``[2, 256, 100, 136]`` map here. Staging the rows first in a reused buffer whose rows are
-    one cache line longer breaks that pattern: 10 ms for both copies together.
+
+def cpu_kernels_enabled() -> bool:
+    """Whether CPU tensors take the compiled kernels: numba is installed and not switched off.
+
+    Raises :class:`ValueError` when ``ROIVIZ_KERNELS`` is set to something else than ``numba``
+    or ``torch``.
 
     Examples
     --------
-    >>> x = torch.arange(24.).reshape(1, 2, 3, 4)
-    >>> rows = x.permute(0, 2, 3, 1).reshape(-1, 2)
-    >>> torch.equal(from_channels_last(rows, torch.empty(1, 2, 3, 4)), x)
+    >>> import os
+    >>> cpu_kernels_enabled() == (_HAVE_NUMBA and os.environ.get("ROIVIZ_KERNELS", "numba") == "numba")
     True
     """
-    n, c, h, w = out.shape
-    pad = max(1, 64 // rows.element_size())  # one cache line
-    staged = workspace("nchw_staging", (n * h * w, c + pad), rows.dtype, rows.device)[:, :c].copy_(rows)
-    return out.copy_(staged.view(n, h, w, c).permute(0, 3, 1, 2))
+    choice = os.environ.get(KERNELS_ENV, "numba").strip().lower() or "numba"
+    if choice not in ("numba", "torch"):
+        raise ValueError(f"the environment variable {KERNELS_ENV} must be 'numba' or 'torch', got {choice!r}")
+    return _HAVE_NUMBA and choice == "numba"
 
 
-#: With ``ROIVIZ_HUGE_PAGES=1``, allocations at least this large are advised into huge pages.
-HUGE_PAGE_BYTES = 1 << 22
-_HUGE = 1 << 21
-_MADV_HUGEPAGE = 14
-
-
-def _load_madvise():  # pragma: no cover - platform dependent
-    if not sys.platform.startswith("linux") or os.environ.get("ROIVIZ_HUGE_PAGES", "0") != "1":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    return madvise
-
-
-_madvise = _load_madvise()
-
-
-def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.empty``; with ``ROIVIZ_HUGE_PAGES=1`` a large CPU tensor asks Linux for 2 MiB pages.
-
-    Writing fresh memory costs one page fault per 4 KiB page: for a 50 MB ROI output that is
-    12,000 faults, more time than the arithmetic. ``madvise(MADV_HUGEPAGE)`` (what PyTorch's
-    own ``THP_MEM_ALLOC_ENABLE=1`` does for every allocation) makes it one fault per 2 MiB.
-    It is off unless the environment variable ``ROIVIZ_HUGE_PAGES=1`` is set (read at import):
-    on the shared VM this was measured on, it sped the ROI ops up by 10-20 % in most processes
-    but made some 2-3x slower (huge-page faults are occasionally very slow there), and a
-    predictable cost matters more. Elsewhere, or if the call fails, this is plain ``torch.empty``.
-
-    Examples
-    --------
-    >>> empty((2, 3), torch.float32, torch.device("cpu")).shape
-    torch.Size([2, 3])
-    """
-    t = torch.empty(shape, dtype=dtype, device=device)
-    nbytes = t.numel() * t.element_size()
-    if _madvise is not None and t.device.type == "cpu" and nbytes >= HUGE_PAGE_BYTES:
-        start = (t.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)  # the whole 2 MiB pages inside t
-        end = (t.data_ptr() + nbytes) & ~(_HUGE - 1)
-        if end > start:
-            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
-    return t
-
-
-_WORKSPACE = threading.local()
-
-
-def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype,
-              device: torch.device | str = "cpu") -> torch.Tensor:
-    """A scratch tensor of ``shape`` that is reused by the next call (content undefined).
-
-    Fresh memory costs a page fault per 4 KiB on first touch, which for the ROI ops' work
-    buffers (the channels-last copy of the input: 28 MB for a ``[2, 256, 100, 136]`` map) costs
-    more than the work done in them. So each thread keeps its largest buffer per ``name`` and
-    hands out views of it. Never return a workspace to a caller or save it for backward: the
-    next call overwrites it. :func:`clear_workspace` frees them.
-
-    Examples
-    --------
-    >>> a = workspace("doc", (2, 3), torch.float32)
-    >>> b = workspace("doc", (3, 2), torch.float32)
-    >>> a.data_ptr() == b.data_ptr()
-    True
-    >>> clear_workspace()
-    """
-    cache = _WORKSPACE.__dict__.setdefault("buffers", {})
-    numel = math.prod(shape)
-    key = (name, torch.device(device))
-    buf = cache.get(key)
-    if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = cache[key] = torch.empty(max(numel, 1), dtype=dtype, device=device)
-    return buf[:numel].view(shape)
-
-
-def clear_workspace() -> None:
-    """Free this thread's work buffers (see :func:`workspace`).
-
-    The CPU ops keep their largest scratch buffers between calls (about 340 MiB after a
-    forward and backward of roi_align and roi_pool on a detector-sized input, W1 of
-    :mod:`roiviz.bench`), and the memory of their last four large outputs for reuse once you
-    drop them (:func:`output_empty`; 150 MiB there), because reusing memory is faster than
-    faulting in fresh pages. Call this when you are done with ROI ops and want that memory back.
-
-    Examples
-    --------
-    >>> import torch, roiviz
-    >>> _ = roiviz.roi_align(torch.zeros(1, 1, 8, 8), torch.tensor([[0, 0., 0., 4., 4.]]), 2)
-    >>> roiviz.clear_workspace()
-    """
-    _WORKSPACE.__dict__.pop("buffers", None)
-    _WORKSPACE.__dict__.pop("outputs", None)
-
-
-#: Returned CPU tensors at least this large are recycled by :func:`output_empty` (smaller ones
-#: come from malloc's heap, which reuses memory without page faults anyway)...
-RECYCLE_BYTES = 1 << 20
-#: ... and at most this large: a one-off huge output is not kept alive after it is dropped.
-RECYCLE_MAX_BYTES = 1 << 28
-#: How many returned tensors' memory each thread keeps for reuse (the least recently used goes).
-RECYCLE_SLOTS = 4
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-def output_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """:func:`empty` for a tensor that is returned or saved for backward: it may reuse the memory
-    of an earlier one that nothing refers to any more.
-
-    A large CPU tensor is a fresh ``mmap`` of zero pages from Linux, and writing it costs a page
-    fault per 4 KiB: 11 ms of a 38 ms roi_align forward on W1 of :mod:`roiviz.bench` (a 49 MiB
-    output). So each thread keeps the storages of its last few large outputs (four, of 1 to 256
-    MiB: ``RECYCLE_*``), and hands one out again (same byte size) once its use count shows that
-    no tensor, view, NumPy array or autograd graph holds it: only then is its memory as free as
-    if it had been released. A storage moved to shared memory (sent to another process) is
-    never reused: the other process may still read it. :func:`clear_workspace` frees the kept
-    storages.
-
-    Examples
-    --------
-    >>> cpu = torch.device("cpu")
-    >>> a = output_empty((512, 1024), torch.float32, cpu)
-    >>> ptr = a.data_ptr()
-    >>> b = output_empty((512, 1024), torch.float32, cpu)  # a is alive: new memory
-    >>> b.data_ptr() == ptr
-    False
-    >>> del a
-    >>> output_empty((1024, 512), torch.float32, cpu).data_ptr() == ptr  # a's memory, reused
-    True
-    >>> clear_workspace()
-    """
-    nbytes = math.prod(shape) * dtype.itemsize
-    if (device.type != "cpu" or not RECYCLE_BYTES <= nbytes <= RECYCLE_MAX_BYTES or _use_count is None
-            or RECYCLE_SLOTS < 1):
-        return empty(shape, dtype, device)
-    kept: list[torch.UntypedStorage] = _WORKSPACE.__dict__.setdefault("outputs", [])
-    for i in reversed(range(len(kept))):  # the most recently used first: its pages may be cached
-        storage = kept[i]
-        # A use count of 1 is our own reference: every tensor on this storage is gone.
-        if storage.nbytes() == nbytes and _use_count(storage._cdata) == 1:
-            del kept[i]
-            if storage.is_shared():  # another process may map it: let it go
-                break
-            kept.append(storage)  # most recently used last
-            return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, shape)
-    out = empty(shape, dtype, device)
-    kept.append(out.untyped_storage())
-    del kept[:-RECYCLE_SLOTS]
-    return out
-
-
-class AlignGeometry(NamedTuple):
-    """Per-ROI geometry of ROI Align, each ``Tensor[K]`` in the compute dtype."""
-
-    start_h: torch.Tensor
-    start_w: torch.Tensor
-    bin_h: torch.Tensor
-    bin_w: torch.Tensor
-    grid_h: torch.Tensor
-    grid_w: torch.Tensor
-
-
-def align_geometry(
-    rois: torch.Tensor, scale: torch.Tensor, ph_n: int, pw_n: int, sampling_ratio: int, aligned: bool
-) -> AlignGeometry:
-    """Box start, bin size and sampling grid of every ROI, in torchvision's expressions and order.
-
-    Sample ``i`` of bin ``p`` then lies at ``start + p * bin + (i + 0.5) * bin / grid``.
-    """
-    offset = 0.5 if aligned else 0.0
-    start_w = rois[:, 1] * scale - offset  # [K]
-    start_h = rois[:, 2] * scale - offset
-    roi_w = rois[:, 3] * scale - offset - start_w
-    roi_h = rois[:, 4] * scale - offset - start_h
-    if not aligned:  # legacy: force malformed ROIs to be at least 1x1
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    if sampling_ratio > 0:
-        grid_h = grid_w = torch.full_like(roi_h, sampling_ratio)
-    else:
-        grid_h = torch.ceil(roi_h / ph_n)
-        grid_w = torch.ceil(roi_w / pw_n)
-    return AlignGeometry(start_h, start_w, roi_h / ph_n, roi_w / pw_n, grid_h, grid_w)
-
-
-def sample_coords(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, g_max: int,
-                  n_bins: int) -> torch.Tensor:
-    """``[K, n_bins, g_max]``: where ROI Align samples along one axis, in torchvision's order.
-
-    Sample ``i`` of bin ``p`` lies at ``start + p * bin + (i + 0.5) * bin / grid``, evaluated
-    left to right as the kernel does (so float32 coordinates are bit-identical). Samples with
-    ``i >= grid`` are computed too; callers mask them.
-
-    Examples
-    --------
-    >>> sample_coords(torch.tensor([0.]), torch.tensor([2.]), torch.tensor([2.]), 2, 2)
-    tensor([[[0.5000, 1.5000],
-             [2.5000, 3.5000]]])
-    """
-    p = torch.arange(n_bins, dtype=start.dtype, device=start.device)[:, None]  # [P, 1]
-    half = torch.arange(g_max, dtype=start.dtype, device=start.device) + 0.5  # [G]: (i + .5)
-    b3 = bin_size[:, None, None]
-    return start[:, None, None] + p * b3 + half * b3 / grid[:, None, None]
+_HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 def axis_taps(start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, g_max: int, n_bins: int,

@@ -3,19 +3,14 @@
 Every output bin is the mean of ``grid_h x grid_w`` bilinear samples taken on a regular grid
 inside the bin; nothing is rounded, so the output moves smoothly with the box.
 
-Three implementations, one result
----------------------------------
-- **CPU tensors** take :mod:`roiviz.ops._align_cpu`: the weights are separable, so each ROI is
-  two small matrix products over the window of cells it touches. Its float32 outputs differ
-  from torchvision's by a few ulp (sums in GEMM order); it reads the boxes on the host to plan
-  its chunks, which on the CPU costs nothing.
-- **Small CPU inputs** (a few boxes on a small map: the notebooks and the Explorer) take
-  :mod:`roiviz.ops._align_small`, the same separable weights as whole-map matrices in as few
-  operations as possible, because there the time goes to dispatching operations.
-- Both CPU paths share one backward, :mod:`roiviz.ops._align_grad`: torchvision's terms added
-  in torchvision's order, so the CPU input gradient is bit-identical to torchvision's.
-- **Other devices** take :func:`_roi_align_gather`, which gathers the four taps of every sample
-  in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
+Two implementations, one result
+-------------------------------
+- **CPU tensors** take the compiled loops of :mod:`roiviz.ops._numba`: torchvision's kernel,
+  ROIs in parallel forward and channel blocks in parallel backward, forward and input gradient
+  bit-identical to torchvision's in float32 and float64.
+- **Other devices**, or ``ROIVIZ_KERNELS=torch``, or no numba, take :func:`_roi_align_gather`,
+  which gathers the four taps of every sample in torchvision's float order (the forward is
+  bit-exact, like :mod:`roiviz.reference`; autograd differentiates the gathers).
 
 Which paths synchronise with the host (a stall on a GPU):
 
@@ -31,12 +26,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .._checks import check_adaptive_grid, check_aligned, check_eager, check_sampling_ratio
-from ..boxes import BoxesLike
-from ._align_cpu import roi_align_cpu
-from ._align_small import roi_align_small, use_small_path
-from ._common import align_geometry, axis_taps, channels_last
+from ..boxes import BoxesLike, align_geometry, compute_dtype
+from ._common import axis_taps, channels_last, cpu_kernels_enabled
 from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIAlign", "roi_align"]
@@ -114,12 +108,75 @@ def roi_align(
     if sampling_ratio <= 0:
         check_adaptive_grid(rois, float(scale), ph_n, pw_n, aligned)
     # ---- End of the front door.
-    if input.device.type == "cpu":
-        k_n, (_, c_n, height, width) = rois.shape[0], input.shape
-        if use_small_path(k_n, c_n, height, width, ph_n, pw_n):
-            return roi_align_small(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
-        return roi_align_cpu(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+    return _compute(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+
+
+# -------------------------------------------------------------------------------------------
+# Which implementation computes it (the arguments are checked above).
+# -------------------------------------------------------------------------------------------
+
+
+def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
+             aligned: bool) -> Tensor:
+    """The compiled CPU kernels when they apply (see :func:`~roiviz.ops._common.cpu_kernels_enabled`),
+    else the gathers."""
+    if input.device.type == "cpu" and cpu_kernels_enabled():
+        return _RoIAlignCPU.apply(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+
+
+class _RoIAlignCPU(torch.autograd.Function):
+    """roi_align on CPU tensors through the compiled kernels of :mod:`roiviz.ops._numba`.
+
+    Nothing is kept between calls: the forward saves only the ROIs (``[K, 5]``), the backward
+    allocates the input gradient and a channels-last copy of the output gradient.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
+                aligned: bool) -> Tensor:
+        from . import _numba  # imports numba (a second) on first use, not with roiviz
+
+        x = channels_last(input)  # [N, H, W, C] in the compute dtype
+        r = rois.detach()
+        out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
+        if out.numel():
+            xs = x.numpy()
+            _numba.launch(_numba.roi_align_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
+                          sampling_ratio, aligned, out.numpy())
+        return out.to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        input, rois, ph_n, pw_n, scale, sampling_ratio, aligned = inputs
+        ctx.save_for_backward(rois.detach())
+        ctx.args = (ph_n, pw_n, float(scale.item()), sampling_ratio, aligned)
+        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        from . import _numba
+
+        (rois,) = ctx.saved_tensors
+        ph_n, pw_n, scale, sampling_ratio, aligned = ctx.args
+        n_n, c_n, height, width = ctx.input_shape
+        dtype = compute_dtype(ctx.input_dtype)
+        block = _numba.GRAD_BLOCK
+        blocks = -(-c_n // block)
+        # Blocks of channels, each contiguous: [C / B, N*H*W, B].
+        grad_in = torch.zeros(blocks, n_n * height * width, block, dtype=dtype)
+        if grad_out.numel():
+            grad = grad_out.new_zeros(grad_out.shape[0], ph_n, pw_n, blocks * block, dtype=dtype)  # [K, PH, PW, C]
+            grad[..., :c_n] = grad_out.permute(0, 2, 3, 1)
+            gi = grad_in.numpy()
+            _numba.launch(_numba.roi_align_backward, grad.numpy(), rois.numpy(), gi.dtype.type(scale), ph_n, pw_n,
+                          sampling_ratio, aligned, n_n, height, width, gi)
+        grad_nchw = torch.empty(n_n, c_n, height, width, dtype=ctx.input_dtype)
+        cells = height * width
+        grad_nchw.view(n_n, c_n, cells).copy_(
+            grad_in.view(blocks, n_n, cells, block).permute(1, 0, 3, 2).reshape(n_n, blocks * block, cells)[:, :c_n])
+        return grad_nchw, None, None, None, None, None, None
 
 
 def _roi_align_gather(
