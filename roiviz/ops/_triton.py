@@ -351,7 +351,7 @@ class _RoIAlignFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
                 aligned: bool) -> Tensor:
-        n_n, c_n, height, width = input.shape
+        _, c_n, height, width = input.shape
         k_n = rois.shape[0]
         dtype = compute_dtype(input.dtype)
         x = input.detach().to(dtype).contiguous(memory_format=torch.channels_last)  # channels contiguous
@@ -416,7 +416,7 @@ def roi_align(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, 
 class _RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, track: bool) -> Tensor:
-        n_n, c_n, height, width = input.shape
+        _, c_n, height, width = input.shape
         k_n = rois.shape[0]
         dtype = compute_dtype(input.dtype)
         x = input.detach().to(dtype).contiguous(memory_format=torch.channels_last)

@@ -14,8 +14,10 @@ Three implementations, one result
   operations as possible, because there the time goes to dispatching operations.
 - Both CPU paths share one backward, :mod:`roiviz.ops._align_grad`: torchvision's terms added
   in torchvision's order, so the CPU input gradient is bit-identical to torchvision's.
-- **Other devices** take :func:`_roi_align_gather`, which gathers the four taps of every sample
-  in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
+- **CUDA tensors** take :mod:`roiviz.ops._triton` when Triton is importable: Triton kernels in
+  torchvision's float order, with a deterministic backward (no floating-point atomics).
+- **Other devices** (and CUDA without Triton) take :func:`_roi_align_gather`, which gathers the
+  four taps of every sample in torchvision's float order (bit-exact, like :mod:`roiviz.reference`).
 
 Which paths synchronise with the host (a stall on a GPU):
 
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 
 from .._checks import check_aligned, check_sampling_ratio
 from ..boxes import BoxesLike
+from . import _triton
 from ._align_cpu import roi_align_cpu
 from ._align_small import roi_align_small, use_small_path
 from ._common import align_geometry, axis_taps, channels_last, prepare
@@ -97,6 +100,8 @@ def roi_align(
     input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     aligned = check_aligned(aligned)
+    if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
+        return _triton.roi_align(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     if input.device.type == "cpu":
         k_n, (_, c_n, height, width) = rois.shape[0], input.shape
         if use_small_path(k_n, c_n, height, width, ph_n, pw_n):

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..boxes import BoxesLike, compute_dtype, round_half_away
+from . import _triton
 from ._common import output_empty, prepare, workspace
 
 __all__ = ["RoIPool", "roi_pool", "roi_pool_bin_edges"]
@@ -99,6 +100,8 @@ def roi_pool(
               [13., 15.]]]])
     """
     input, rois, ph_n, pw_n, scale = prepare(input, boxes, output_size, spatial_scale)
+    if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
+        return _triton.roi_pool(input, rois, ph_n, pw_n, scale)
     # The argmax is only worth finding when a graph is recorded: under no_grad a feature map that
     # requires grad still shows up in ctx.needs_input_grad, and tracking triples the forward's cost.
     track = torch.is_grad_enabled() and input.requires_grad
