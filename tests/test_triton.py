@@ -23,9 +23,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from roiviz import reference  # noqa: E402
-from roiviz.ops import _triton  # noqa: E402
-from roiviz.ops._common import prepare  # noqa: E402
+from roiviz import reference
+from roiviz.ops import _triton
+from roiviz.ops._common import prepare
 
 CHILD = os.environ.get("TRITON_INTERPRET") == "1"
 ROOT = Path(__file__).resolve().parents[1]
