@@ -97,6 +97,11 @@ if triton is not None:
     FLT_MAX: tl.constexpr = tl.constexpr(_FLT_MAX)
 
     @triton.jit
+    def _as_float(n, like):
+        """Integer ``n`` (an argument, or a constant where Triton specialised it) in ``like``'s float type."""
+        return tl.zeros_like(like) + n
+
+    @triton.jit
     def _align_roi(rois_ptr, k, scale, PH, PW, SR: tl.constexpr, ALIGNED: tl.constexpr):
         """Batch index, box start, bin size and sampling grid of ROI ``k``, in torchvision's order."""
         roi = rois_ptr + k * 5
@@ -116,8 +121,8 @@ if triton is not None:
         if not ALIGNED:  # legacy: force malformed ROIs to be at least 1x1
             roi_w = tl.maximum(roi_w, 1.0)
             roi_h = tl.maximum(roi_h, 1.0)
-        bin_h = tl.fdiv(roi_h, PH, ieee_rounding=True)
-        bin_w = tl.fdiv(roi_w, PW, ieee_rounding=True)
+        bin_h = tl.fdiv(roi_h, _as_float(PH, roi_h), ieee_rounding=True)
+        bin_w = tl.fdiv(roi_w, _as_float(PW, roi_w), ieee_rounding=True)
         if SR > 0:
             grid_h = tl.full([], SR, tl.int32)
             grid_w = tl.full([], SR, tl.int32)
@@ -130,7 +135,7 @@ if triton is not None:
     def _coord(start, p, bin_size, i, grid):
         """Sample ``i`` of bin ``p``: ``start + p * bin + (i + 0.5) * bin / grid``, left to right."""
         return start + p.to(bin_size.dtype) * bin_size + tl.fdiv(
-            (i + 0.5) * bin_size, grid, ieee_rounding=True)
+            (i + 0.5) * bin_size, grid.to(bin_size.dtype), ieee_rounding=True)
 
     @triton.jit
     def _taps_1d(coord, size):
@@ -272,8 +277,8 @@ if triton is not None:
         roi_w = tl.maximum(end_w - start_w + 1, 1)  # malformed ROIs are forced to 1x1
         roi_h = tl.maximum(end_h - start_h + 1, 1)
         dtype = x_ptr.dtype.element_ty
-        bin_h = tl.fdiv(roi_h.to(dtype), PH, ieee_rounding=True)
-        bin_w = tl.fdiv(roi_w.to(dtype), PW, ieee_rounding=True)
+        bin_h = tl.fdiv(roi_h.to(dtype), _as_float(PH, scale), ieee_rounding=True)
+        bin_w = tl.fdiv(roi_w.to(dtype), _as_float(PW, scale), ieee_rounding=True)
         p = tl.program_id(1) * BP + tl.arange(0, BP)
         c = tl.program_id(2) * BC + tl.arange(0, BC)
         p_ok = p < PH * PW
