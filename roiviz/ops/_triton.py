@@ -344,7 +344,11 @@ def _index_dtype(n: int) -> torch.dtype:
 
 
 def _grid_bound(rois: Tensor, scale: Tensor, size: int, column: int, aligned: bool) -> int:
-    """The largest adaptive grid along one axis, ``ceil(roi_size / size)``: read on the host."""
+    """The largest adaptive grid along one axis, ``ceil(roi_size / size)``: read on the host.
+
+    ``column`` is the box's start column in ``rois``: 1 (``x1``) for the width, 2 (``y1``) for
+    the height; the end is two columns on. The same float operations as the kernel's.
+    """
     off = 0.5 if aligned else 0.0
     extent = (rois[:, column + 2] * scale - off) - (rois[:, column] * scale - off)
     if not aligned:
@@ -389,7 +393,7 @@ def _align_backward(grad_out: Tensor, rois: Tensor, scale: Tensor, ph_n: int, pw
     if sr > 0:
         g_max = sr
     else:  # the adaptive grid sizes the tap list: one host read
-        g_max = max(_grid_bound(rois, scale, ph_n, 1, aligned), _grid_bound(rois, scale, pw_n, 0, aligned))
+        g_max = max(_grid_bound(rois, scale, ph_n, 2, aligned), _grid_bound(rois, scale, pw_n, 1, aligned))
     n_taps = k_n * bins * g_max * g_max * 4
     if n_taps == 0 or c_n == 0 or n_cells == 0:
         return grad.to(in_dtype)
