@@ -109,11 +109,12 @@ def test_roi_align_several_blocks_and_strided_input():
 
 @child
 @pytest.mark.parametrize("aligned", [False, True])
-def test_roi_align_adaptive_grids_of_unequal_sides(aligned):
-    # A box whose adaptive grid is taller than wide, and one wider than tall: the backward sizes
-    # its tap list by the larger of the two (found by hypothesis when the height was misread).
-    boxes = torch.tensor([[1, 0.7924, -7.4332, 15.5152, 9.8913], [0, 0.5, 1.0, 30.0, 4.0]])
-    out, grad, ref, ref_grad = _align_both(X, boxes, (2, 3), 1.0, -1, aligned)
+@pytest.mark.parametrize("box", [[1, 0.7924, -7.4332, 15.5152, 9.8913], [0, 0.5, 1.0, 30.0, 4.0]],
+                         ids=["taller", "wider"])
+def test_roi_align_adaptive_grids_of_unequal_sides(box, aligned):
+    # Adaptive grids taller than wide, and wider than tall: the backward sizes its tap list by
+    # the larger side (found by hypothesis when the height was misread).
+    out, grad, ref, ref_grad = _align_both(X, torch.tensor([box]), (2, 3), 1.0, -1, aligned)
     assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
 
 
