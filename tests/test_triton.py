@@ -212,6 +212,43 @@ def test_plan_never_reads_the_device(monkeypatch, sampling_ratio):
         torch.autograd.grad(_triton.roi_align(x, rois, 2, 3, scale, -1, True).sum(), x)
 
 
+#: Integer pointers of the kernels (every other ``*_ptr`` holds floats of the compute dtype).
+INT_POINTERS = {"cell_ptr": "*i32", "arg_ptr": "*i32", "seg_ptr": "*i64", "order_ptr": "*i64"}
+KERNELS = [  # (kernel, constexprs): every kernel, with the variants that change its arithmetic
+    *[("_align_fwd_kernel", {"SR": sr, "ALIGNED": al, "BP": 32, "BC": 64}) for sr in (0, 2) for al in (False, True)],
+    ("_align_taps_kernel", {"SR": 0, "ALIGNED": False, "BP": 32}),
+    ("_align_bwd_kernel", {"BS": 32, "BC": 64}),
+    ("_pool_fwd_kernel", {"TRACK": True, "BP": 32, "BC": 64}),
+    ("_segment_sum_kernel", {"BS": 256}),
+]
+
+
+@pytest.mark.skipif(CHILD, reason="compiles the real kernels, not the interpreted ones")
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_kernels_compile_for_hopper_without_fma_or_approximate_division(dtype):
+    # No GPU needed: Triton compiles for a named target with the ptxas it ships. The PTX must
+    # hold no fused multiply-add (one rounding where the reference has two) and only correctly
+    # rounded float division (div.rn), else results may differ from the reference's.
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for name, constexprs in KERNELS:
+        kernel = getattr(_triton, name)
+        signature = {p.name: "constexpr" if p.is_constexpr else INT_POINTERS.get(p.name, f"*{dtype}")
+                     if p.name.endswith("_ptr") else "i32" for p in kernel.params}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options={"enable_fp_fusion": False, "num_warps": 4})
+        ptx = compiled.asm["ptx"]
+        assert not re.search(r"\b(fma|mad)\.[a-z]*\.?f(32|64)", ptx), name
+        float_divisions = set(re.findall(r"\bdiv\.[a-z.]*f(?:32|64)", ptx))
+        assert float_divisions <= {f"div.rn.f{dtype[2:]}"}, (name, float_divisions)
+        assert not re.search(r"\b(rcp|div)\.(approx|full)", ptx), name
+
+
 def test_switch(monkeypatch):
     monkeypatch.setenv("ROIVIZ_TRITON", "0")
     assert not _triton.available()

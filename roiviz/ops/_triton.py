@@ -10,10 +10,12 @@ Design constraints
 - **Same floats as the reference.** Every value is computed with torchvision's expressions in
   its order (see :func:`roiviz.reference.roi_align`), and every launch passes
   ``enable_fp_fusion=False``: Triton would otherwise contract ``a * b + c`` into one FMA (one
-  rounding instead of two). Divisions use ``tl.fdiv(..., ieee_rounding=True)``, because
-  Triton's ``/`` on float32 is the faster ``div.full.f32``, which is not correctly rounded.
-  torchvision's own CUDA kernels are compiled with FMA contraction, so they may differ from
-  its CPU kernels (and from these) by an ulp or so.
+  rounding instead of two). Divisions go through :func:`_div`, which compiles to ``div.rn``
+  (correctly rounded): Triton's ``/`` on float32 is the faster, approximate ``div.full.f32``.
+  ``tests/test_triton.py`` compiles every kernel for Hopper (sm_90) on the CPU and checks
+  that the PTX holds no ``fma`` and no other division. torchvision's own CUDA kernels are
+  compiled with FMA contraction, so they may differ from its CPU kernels (and from these) by
+  an ulp or so.
 - **Deterministic backward, without floating-point atomics.** Each input gradient element is
   written by exactly one program, which adds its contributions in the reference's order:
 
@@ -97,6 +99,14 @@ if triton is not None:
     FLT_MAX: tl.constexpr = tl.constexpr(_FLT_MAX)
 
     @triton.jit
+    def _div(a, b):
+        """``a / b`` correctly rounded: ``div.rn`` in PTX, for float32 and float64 alike."""
+        if a.dtype == tl.float64:
+            return a / b  # Triton's float64 division is div.rn.f64 (its precise_divf is float32-only)
+        else:
+            return tl.fdiv(a, b, ieee_rounding=True)  # plain '/' would be div.full.f32 (approximate)
+
+    @triton.jit
     def _as_float(n, like):
         """Integer ``n`` (an argument, or a constant where Triton specialised it) in ``like``'s float type."""
         return tl.zeros_like(like) + n
@@ -121,8 +131,8 @@ if triton is not None:
         if not ALIGNED:  # legacy: force malformed ROIs to be at least 1x1
             roi_w = tl.maximum(roi_w, 1.0)
             roi_h = tl.maximum(roi_h, 1.0)
-        bin_h = tl.fdiv(roi_h, _as_float(PH, roi_h), ieee_rounding=True)
-        bin_w = tl.fdiv(roi_w, _as_float(PW, roi_w), ieee_rounding=True)
+        bin_h = _div(roi_h, _as_float(PH, roi_h))
+        bin_w = _div(roi_w, _as_float(PW, roi_w))
         if SR > 0:
             grid_h = tl.full([], SR, tl.int32)
             grid_w = tl.full([], SR, tl.int32)
@@ -134,8 +144,8 @@ if triton is not None:
     @triton.jit
     def _coord(start, p, bin_size, i, grid):
         """Sample ``i`` of bin ``p``: ``start + p * bin + (i + 0.5) * bin / grid``, left to right."""
-        return start + p.to(bin_size.dtype) * bin_size + tl.fdiv(
-            (i + 0.5) * bin_size, grid.to(bin_size.dtype), ieee_rounding=True)
+        return start + p.to(bin_size.dtype) * bin_size + _div(
+            (i + 0.5) * bin_size, grid.to(bin_size.dtype))
 
     @triton.jit
     def _taps_1d(coord, size):
@@ -186,7 +196,7 @@ if triton is not None:
                 # w1*v1 + w2*v2 + w3*v3 + w4*v4, left to right; a sample outside adds nothing.
                 acc = tl.where(ok, acc + (w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4), acc)
         count = tl.maximum(grid_h * grid_w, 1).to(acc.dtype)
-        out = tl.fdiv(acc, count, ieee_rounding=True)
+        out = _div(acc, count)
         n_bins = PH * PW
         dst = out_ptr + (k.to(tl.int64) * C + c.to(tl.int64)[None, :]) * n_bins + p[:, None]  # [K, C, PH, PW]
         tl.store(dst, out, mask=p_ok[:, None] & c_ok[None, :])
@@ -246,7 +256,7 @@ if triton is not None:
             cnt = tl.load(count_ptr + k, mask=live, other=1.0)
             ok = live[:, None] & c_ok[None, :]
             g = tl.load(g_ptr + row[:, None] * C + c[None, :], mask=ok, other=0.0)
-            term = tl.fdiv(g * w[:, None], cnt[:, None], ieee_rounding=True)
+            term = _div(g * w[:, None], cnt[:, None])
             acc = tl.where(ok, acc + term, acc)
         cell = cell.to(tl.int64)
         dst = grad_ptr + ((cell // HW) * C * HW + cell % HW)[:, None] + c.to(tl.int64)[None, :] * HW  # NCHW
@@ -277,8 +287,8 @@ if triton is not None:
         roi_w = tl.maximum(end_w - start_w + 1, 1)  # malformed ROIs are forced to 1x1
         roi_h = tl.maximum(end_h - start_h + 1, 1)
         dtype = x_ptr.dtype.element_ty
-        bin_h = tl.fdiv(roi_h.to(dtype), _as_float(PH, scale), ieee_rounding=True)
-        bin_w = tl.fdiv(roi_w.to(dtype), _as_float(PW, scale), ieee_rounding=True)
+        bin_h = _div(roi_h.to(dtype), _as_float(PH, scale))
+        bin_w = _div(roi_w.to(dtype), _as_float(PW, scale))
         p = tl.program_id(1) * BP + tl.arange(0, BP)
         c = tl.program_id(2) * BC + tl.arange(0, BC)
         p_ok = p < PH * PW
