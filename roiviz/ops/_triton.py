@@ -23,14 +23,15 @@ Design constraints
     writes each tap's input cell and weight; a stable ``torch.sort`` by cell keeps, per cell,
     the taps in that order; ``torch.searchsorted`` gives each cell its segment, and a gather
     kernel sums ``grad * w / count`` over it, for a block of cells and channels.
-  * ROI Pool: the forward saves each output's winning input element as a flat ``NCHW`` index
-    (``N*C*H*W`` for none); a stable sort of those keeps ``(k, ph, pw)`` order per element,
-    and the same segmented gather sums the gradients.
+  * ROI Pool: the forward saves each output's winning cell. The cells of every bin do not
+    depend on the channel either: one kernel lists them, a stable sort by cell keeps
+    ``(k, ph, pw)`` order per cell, and the same gather kernel adds, per channel, the gradient
+    of the bins whose maximum the cell was.
 - **No host synchronisation** with a fixed ``sampling_ratio``, forward or backward: sizes come
   from shapes only (``searchsorted`` finds segments on the device). The adaptive forward has
   none either (the kernel loops to each box's own grid); its backward reads the largest grid
   once, to size the tap list. ROI Pool's forward loops to each bin's own size and reads
-  nothing; its backward reads nothing.
+  nothing; its backward reads the largest bin once, to size the list of bin cells.
 - Half types are computed in float32 and returned in their dtype, as on the CPU.
 - Block sizes are fixed constants (below), chosen for readability; they have not been tuned
   on a GPU.
@@ -57,9 +58,8 @@ __all__ = ["available", "roi_align", "roi_pool"]
 #: Bins and channels per program of the forward kernels.
 BLOCK_P = 32
 BLOCK_C = 64
-#: Input cells (ROI Align backward) or elements (ROI Pool backward) per gather program.
+#: Input cells per program of the backward's gather kernel.
 BLOCK_CELLS = 32
-BLOCK_ELEMS = 256
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: ROI Pool's start value, for every dtype
 
 
@@ -236,10 +236,12 @@ if triton is not None:
                 tl.store(w_ptr + slot + 3, ly * lx, mask=p_ok)
 
     @triton.jit
-    def _align_bwd_kernel(seg_ptr, order_ptr, w_ptr, count_ptr, g_ptr, grad_ptr, n_cells, C, HW, TAPS_PER_ROI,
-                          TAPS_PER_BIN, BS: tl.constexpr, BC: tl.constexpr):
-        # Program (block of input cells, block of channels): each cell adds its taps in sorted
-        # (= the reference's) order: grad[cell] += g[k, c, p] * w / count[k].
+    def _gather_bwd_kernel(seg_ptr, order_ptr, w_ptr, count_ptr, g_ptr, grad_ptr, n_cells, C, HW, TAPS_PER_ROI,
+                           TAPS_PER_BIN, POOL: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr):
+        # Program (block of input cells, block of channels): each cell adds its contributions in
+        # sorted (= the reference's) order. ROI Align: grad[cell] += g[k, p, c] * w / count[k]
+        # for every tap. ROI Pool (POOL): grad[cell] += g[k, p, c] for every bin that holds the
+        # cell and whose maximum it was (w_ptr is then the saved argmax, [K, PH*PW, C]).
         cell = tl.program_id(0) * BS + tl.arange(0, BS)  # [BS] flat n*H*W + y*W + x
         c = tl.program_id(1) * BC + tl.arange(0, BC)
         cell_ok = cell < n_cells
@@ -250,15 +252,17 @@ if triton is not None:
         for j in range(tl.max(length, axis=0)):
             live = j < length  # [BS]
             tap = tl.load(order_ptr + first + j, mask=live, other=0)
-            w = tl.load(w_ptr + tap, mask=live, other=0.0)
-            k = tap // TAPS_PER_ROI
             row = tap // TAPS_PER_BIN  # k * PH*PW + p: the row of the channels-last gradient
-            cnt = tl.load(count_ptr + k, mask=live, other=1.0)
             ok = live[:, None] & c_ok[None, :]
             g = tl.load(g_ptr + row[:, None] * C + c[None, :], mask=ok, other=0.0)
-            term = _div(g * w[:, None], cnt[:, None])
-            acc = tl.where(ok, acc + term, acc)
-        cell = cell.to(tl.int64)
+            if POOL:
+                won = tl.load(w_ptr + row[:, None] * C + c[None, :], mask=ok, other=-1)
+                acc = tl.where(ok & (won == (cell % HW)[:, None]), acc + g, acc)
+            else:
+                w = tl.load(w_ptr + tap, mask=live, other=0.0)
+                cnt = tl.load(count_ptr + tap // TAPS_PER_ROI, mask=live, other=1.0)
+                acc = tl.where(ok, acc + _div(g * w[:, None], cnt[:, None]), acc)
+        cell = cell.to(tl.int64)  # after the loop: the argmax compared with it is an int32
         dst = grad_ptr + ((cell // HW) * C * HW + cell % HW)[:, None] + c.to(tl.int64)[None, :] * HW  # NCHW
         tl.store(dst, acc, mask=cell_ok[:, None] & c_ok[None, :])
 
@@ -270,14 +274,8 @@ if triton is not None:
         return tl.where(frac >= 0.5, t + 1, tl.where(frac <= -0.5, t - 1, t))
 
     @triton.jit
-    def _pool_fwd_kernel(x_ptr, rois_ptr, scale_ptr, out_ptr, arg_ptr, C, H, W, sxn, sxc, sxh, sxw, PH, PW,
-                         NONE, TRACK: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
-        # Program (k, block of bins, block of channels), torchvision's roi_pool_forward_kernel
-        # for a [BP, BC] tile: each bin's maximum by strict '>' in row-major order (the first
-        # maximum wins), from -FLT_MAX; an empty bin gives 0. With TRACK, the winner's flat
-        # NCHW index is saved for the backward (NONE when nothing beat the start value).
-        k = tl.program_id(0)
-        scale = tl.load(scale_ptr)
+    def _pool_bins(rois_ptr, k, scale, p, PH, PW, H, W):
+        """ROI Pool's bins ``p`` of ROI ``k``, clipped to the map: batch, hstart, hend, wstart, wend."""
         roi = rois_ptr + k * 5
         batch = tl.load(roi).to(tl.int64)
         start_w = _round_half_away(tl.load(roi + 1) * scale)
@@ -286,56 +284,70 @@ if triton is not None:
         end_h = _round_half_away(tl.load(roi + 4) * scale)
         roi_w = tl.maximum(end_w - start_w + 1, 1)  # malformed ROIs are forced to 1x1
         roi_h = tl.maximum(end_h - start_h + 1, 1)
-        dtype = x_ptr.dtype.element_ty
+        dtype = scale.dtype
         bin_h = _div(roi_h.to(dtype), _as_float(PH, scale))
         bin_w = _div(roi_w.to(dtype), _as_float(PW, scale))
-        p = tl.program_id(1) * BP + tl.arange(0, BP)
-        c = tl.program_id(2) * BC + tl.arange(0, BC)
-        p_ok = p < PH * PW
-        c_ok = c < C
         ph = p // PW
         pw = p % PW
         hstart = tl.minimum(tl.maximum(tl.floor(ph.to(dtype) * bin_h).to(tl.int32) + start_h, 0), H)
         hend = tl.minimum(tl.maximum(tl.ceil((ph + 1).to(dtype) * bin_h).to(tl.int32) + start_h, 0), H)
         wstart = tl.minimum(tl.maximum(tl.floor(pw.to(dtype) * bin_w).to(tl.int32) + start_w, 0), W)
         wend = tl.minimum(tl.maximum(tl.ceil((pw + 1).to(dtype) * bin_w).to(tl.int32) + start_w, 0), W)
+        return batch, hstart, hend, wstart, wend
+
+    @triton.jit
+    def _pool_fwd_kernel(x_ptr, rois_ptr, scale_ptr, out_ptr, arg_ptr, C, H, W, sxn, sxc, sxh, sxw, PH, PW,
+                         TRACK: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+        # Program (k, block of bins, block of channels), torchvision's roi_pool_forward_kernel
+        # for a [BP, BC] tile: each bin's maximum by strict '>' in row-major order (the first
+        # maximum wins), from -FLT_MAX; an empty bin gives 0. With TRACK, the winner's cell
+        # h*W + w is saved channels last, [K, PH*PW, C], for the backward (-1: none).
+        k = tl.program_id(0)
+        scale = tl.load(scale_ptr)
+        p = tl.program_id(1) * BP + tl.arange(0, BP)
+        c = tl.program_id(2) * BC + tl.arange(0, BC)
+        p_ok = p < PH * PW
+        c_ok = c < C
+        batch, hstart, hend, wstart, wend = _pool_bins(rois_ptr, k, scale, p, PH, PW, H, W)
         rows = tl.where(p_ok, hend - hstart, 0)
         cols = tl.where(p_ok, wend - wstart, 0)
         empty = (rows <= 0) | (cols <= 0)
+        dtype = x_ptr.dtype.element_ty
         best = tl.where(empty, 0.0, -FLT_MAX).to(dtype)[:, None] + tl.zeros([BP, BC], dtype=dtype)
-        won = tl.full([BP, BC], -1, tl.int64)
+        won = tl.full([BP, BC], -1, tl.int32)
         plane = batch * sxn + c.to(tl.int64)[None, :] * sxc  # [1, BC]
         for r in range(tl.max(rows, axis=0)):
             for s in range(tl.max(cols, axis=0)):
-                h = (hstart + r).to(tl.int64)
-                w = (wstart + s).to(tl.int64)
+                h = hstart + r
+                w = wstart + s
                 inside = ((r < rows) & (s < cols))[:, None] & c_ok[None, :]  # [BP, BC]
-                at = plane + (h * sxh + w * sxw)[:, None]
+                at = plane + (h.to(tl.int64) * sxh + w.to(tl.int64) * sxw)[:, None]
                 v = tl.load(x_ptr + at, mask=inside, other=0.0)
                 better = inside & (v > best)
                 best = tl.where(better, v, best)
-                won = tl.where(better, ((batch * C + c.to(tl.int64)[None, :]) * H + h[:, None]) * W + w[:, None], won)
-        n_bins = PH * PW
-        dst = (k.to(tl.int64) * C + c.to(tl.int64)[None, :]) * n_bins + p[:, None]
+                won = tl.where(better, (h * W + w)[:, None], won)
         mask = p_ok[:, None] & c_ok[None, :]
+        dst = (k.to(tl.int64) * C + c.to(tl.int64)[None, :]) * (PH * PW) + p[:, None]  # [K, C, PH, PW]
         tl.store(out_ptr + dst, best, mask=mask)
         if TRACK:
-            tl.store(arg_ptr + dst, tl.where(won < 0, NONE, won), mask=mask)
+            tl.store(arg_ptr + (k.to(tl.int64) * (PH * PW) + p[:, None]) * C + c[None, :], won, mask=mask)
 
     @triton.jit
-    def _segment_sum_kernel(seg_ptr, order_ptr, g_ptr, grad_ptr, n, BS: tl.constexpr):
-        # Program (block of elements): grad[e] = sum of g[order[j]] over e's segment, in order.
-        e = tl.program_id(0) * BS + tl.arange(0, BS)
-        ok = e < n
-        first = tl.load(seg_ptr + e, mask=ok, other=0)
-        length = (tl.load(seg_ptr + e + 1, mask=ok, other=0) - first).to(tl.int32)
-        acc = tl.zeros([BS], dtype=g_ptr.dtype.element_ty)
-        for j in range(tl.max(length, axis=0)):
-            live = j < length
-            src = tl.load(order_ptr + first + j, mask=live, other=0)
-            acc = tl.where(live, acc + tl.load(g_ptr + src, mask=live, other=0.0), acc)
-        tl.store(grad_ptr + e, acc, mask=ok)
-
+    def _pool_cells_kernel(rois_ptr, scale_ptr, cell_ptr, H, W, PH, PW, R, S, TRASH, BP: tl.constexpr):
+        # Program (k, block of bins): slot [k, p, r, s] of a [K, PH*PW, R, S] list holds the
+        # input cell n*H*W + h*W + w that is step (r, s) of bin p (row-major), or TRASH past the
+        # bin's end. It does not depend on the channel; R, S bound every bin's size.
+        k = tl.program_id(0)
+        scale = tl.load(scale_ptr)
+        p = tl.program_id(1) * BP + tl.arange(0, BP)
+        p_ok = p < PH * PW
+        batch, hstart, hend, wstart, wend = _pool_bins(rois_ptr, k, scale, p, PH, PW, H, W)
+        for r in range(R):
+            for s in range(S):
+                inside = (hstart + r < hend) & (wstart + s < wend)
+                cell = batch * H * W + ((hstart + r) * W + wstart + s).to(tl.int64)
+                slot = ((k.to(tl.int64) * (PH * PW) + p) * R + r) * S + s
+                tl.store(cell_ptr + slot, tl.where(inside, cell, TRASH), mask=p_ok)
 
 def _segments(keys: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Stable order of ``keys`` and the start of each key ``0 .. n`` in it (``[n + 1]``), on the device.
@@ -415,9 +427,9 @@ def _align_backward(grad_out: Tensor, rois: Tensor, scale: Tensor, ph_n: int, pw
     bounds, order = _segments(cells, n_cells)
     g = grad_out.to(dtype).permute(0, 2, 3, 1).contiguous()  # [K, PH, PW, C]: a bin's channels contiguous
     block_c = _pow2(c_n, BLOCK_C)
-    _launch(_align_bwd_kernel, (_cdiv(n_cells, BLOCK_CELLS), _cdiv(c_n, block_c)), bounds, order, weights, count,
+    _launch(_gather_bwd_kernel, (_cdiv(n_cells, BLOCK_CELLS), _cdiv(c_n, block_c)), bounds, order, weights, count,
             g, grad, n_cells, c_n, height * width, bins * g_max * g_max * 4, g_max * g_max * 4,
-            BS=BLOCK_CELLS, BC=block_c)
+            POOL=False, BS=BLOCK_CELLS, BC=block_c)
     return grad.to(in_dtype)
 
 
@@ -440,32 +452,66 @@ class _RoIPoolFunction(torch.autograd.Function):
         dtype = compute_dtype(input.dtype)
         x = input.detach().to(dtype).contiguous(memory_format=torch.channels_last)
         out = torch.empty(k_n, c_n, ph_n, pw_n, dtype=dtype, device=input.device)
-        n_elems = input.numel()
         track = track and ctx.needs_input_grad[0]
-        arg = torch.empty(out.shape if track else (0,), dtype=_index_dtype(n_elems + 1), device=input.device)
+        # The winning cell of every output, channels last: [K, PH*PW, C] (int32, -1 for none).
+        arg = torch.empty((k_n, ph_n * pw_n, c_n) if track else (0,), dtype=torch.int32, device=input.device)
         if out.numel():
             grid = (k_n, _cdiv(ph_n * pw_n, BLOCK_P), _cdiv(c_n, BLOCK_C))
             _launch(_pool_fwd_kernel, grid, x, rois, scale, out, arg, c_n, height, width, *x.stride(), ph_n, pw_n,
-                    n_elems, TRACK=track, BP=BLOCK_P, BC=BLOCK_C)
-        ctx.save_for_backward(arg)
-        ctx.args = (input.shape, input.dtype)
+                    TRACK=track, BP=BLOCK_P, BC=BLOCK_C)
+        ctx.save_for_backward(rois, scale, arg)
+        ctx.args = (ph_n, pw_n, input.shape, input.dtype)
         return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        (arg,) = ctx.saved_tensors
-        shape, in_dtype = ctx.args
-        dtype = compute_dtype(in_dtype)
-        grad = torch.zeros(shape, dtype=dtype, device=grad_out.device)
-        n_elems = grad.numel()
-        if arg.numel() and n_elems:
-            # Per input element, the outputs it won, in (k, c, ph, pw) order: the reference's.
-            bounds, order = _segments(arg.view(-1), n_elems)
-            g = grad_out.to(dtype).contiguous()
-            _launch(_segment_sum_kernel, (_cdiv(n_elems, BLOCK_ELEMS),), bounds, order, g, grad, n_elems,
-                    BS=BLOCK_ELEMS)
-        return grad.to(in_dtype), None, None, None, None, None
+        rois, scale, arg = ctx.saved_tensors
+        ph_n, pw_n, shape, in_dtype = ctx.args
+        return _pool_backward(grad_out, rois, scale, arg, ph_n, pw_n, shape, in_dtype), None, None, None, None, None
+
+
+def _bin_bound(rois: Tensor, scale: Tensor, ph_n: int, pw_n: int, height: int, width: int) -> tuple[int, int]:
+    """Rows and columns that bound every ROI Pool bin: one host read.
+
+    A box of ``e`` cells (``round(x2 * s) - round(x1 * s) + 1 <= ceil((x2 - x1) * s) + 2``) cut
+    into ``n`` bins has bins of at most ``ceil(e / n) + 1`` cells (``floor`` start, ``ceil``
+    end), one more for float rounding, and none wider than the map.
+    """
+    extent = torch.ceil((rois[:, 3:5] - rois[:, 1:3]) * scale) + 2  # [K, 2]: width, height
+    bins = torch.tensor([pw_n, ph_n], dtype=rois.dtype, device=rois.device)
+    cols, rows = (torch.ceil(extent / bins) + 2).amax(0).tolist()
+    return int(min(rows, height)), int(min(cols, width))
+
+
+def _pool_backward(grad_out: Tensor, rois: Tensor, scale: Tensor, arg: Tensor, ph_n: int, pw_n: int,
+                   shape: torch.Size, in_dtype: torch.dtype) -> Tensor:
+    """The input gradient of ROI Pool: bin cells listed, sorted by cell, gathered per cell (see the module).
+
+    Every input cell visits the bins that hold it in ``(k, ph, pw)`` order (a stable sort of the
+    channel-independent list of bin cells) and adds, channel by channel, the gradient of those
+    whose maximum it was: the reference's order, with no atomics.
+    """
+    n_n, c_n, height, width = shape
+    k_n, bins = rois.shape[0], ph_n * pw_n
+    dtype, device = compute_dtype(in_dtype), grad_out.device
+    n_cells = n_n * height * width
+    grad = torch.zeros(shape, dtype=dtype, device=device)
+    if arg.numel() == 0 or n_cells == 0:
+        return grad.to(in_dtype)
+    rows, cols = _bin_bound(rois, scale, ph_n, pw_n, height, width)
+    if rows <= 0 or cols <= 0:
+        return grad.to(in_dtype)
+    cells = torch.empty(k_n * bins * rows * cols, dtype=_index_dtype(n_cells + 1), device=device)
+    _launch(_pool_cells_kernel, (k_n, _cdiv(bins, BLOCK_P)), rois, scale, cells, height, width, ph_n, pw_n,
+            rows, cols, n_cells, BP=BLOCK_P)
+    bounds, order = _segments(cells, n_cells)
+    g = grad_out.to(dtype).permute(0, 2, 3, 1).contiguous()  # [K, PH, PW, C], like the argmax
+    block_c = _pow2(c_n, BLOCK_C)
+    _launch(_gather_bwd_kernel, (_cdiv(n_cells, BLOCK_CELLS), _cdiv(c_n, block_c)), bounds, order, arg, arg,
+            g, grad, n_cells, c_n, height * width, bins * rows * cols, rows * cols,
+            POOL=True, BS=BLOCK_CELLS, BC=block_c)
+    return grad.to(in_dtype)
 
 
 def roi_pool(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> Tensor:
