@@ -479,8 +479,8 @@ def _bin_bound(rois: Tensor, scale: Tensor, ph_n: int, pw_n: int, height: int, w
     end), one more for float rounding, and none wider than the map.
     """
     extent = torch.ceil((rois[:, 3:5] - rois[:, 1:3]) * scale) + 2  # [K, 2]: width, height
-    bins = torch.tensor([pw_n, ph_n], dtype=rois.dtype, device=rois.device)
-    cols, rows = (torch.ceil(extent / bins) + 2).amax(0).tolist()
+    bound = torch.stack([torch.ceil(extent[:, 1] / ph_n), torch.ceil(extent[:, 0] / pw_n)]) + 2  # [2, K]
+    rows, cols = bound.amax(1).tolist()
     return int(min(rows, height)), int(min(cols, width))
 
 
