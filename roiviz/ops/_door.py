@@ -36,7 +36,8 @@ def roi_arguments(
     ph, pw = check_output_size(output_size, allow_empty=True)
     scale = check_spatial_scale(spatial_scale)
     rois = to_rois(boxes, input).detach()
-    scale_t = torch.tensor(scale, dtype=compute_dtype(input.dtype), device=input.device)
+    # torch.full, not torch.tensor: no copy from the host, which on a GPU would synchronise.
+    scale_t = torch.full((), scale, dtype=compute_dtype(input.dtype), device=input.device)
     return input, rois, ph, pw, scale_t
 
 

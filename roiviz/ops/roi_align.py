@@ -3,14 +3,17 @@
 Every output bin is the mean of ``grid_h x grid_w`` bilinear samples taken on a regular grid
 inside the bin; nothing is rounded, so the output moves smoothly with the box.
 
-Two implementations, one result
--------------------------------
+Two implementations, one result (three with a GPU)
+---------------------------------------------------
 - **CPU tensors** take the compiled loops of :mod:`roiviz.ops._numba`: torchvision's kernel,
   ROIs in parallel forward and channel blocks in parallel backward, forward and input gradient
   bit-identical to torchvision's in float32 and float64.
-- **Other devices**, or ``ROIVIZ_KERNELS=torch``, or no numba, take :func:`_roi_align_gather`,
-  which gathers the four taps of every sample in torchvision's float order (the forward is
-  bit-exact, like :mod:`roiviz.reference`; autograd differentiates the gathers).
+- **CUDA tensors** take :mod:`roiviz.ops._triton` when Triton is importable: Triton kernels in
+  torchvision's float order, with a deterministic backward (no floating-point atomics).
+- **Other devices** (and CUDA without Triton), or ``ROIVIZ_KERNELS=torch`` on the CPU, or no
+  numba, take :func:`_roi_align_gather`, which gathers the four taps of every sample in
+  torchvision's float order (the forward is bit-exact, like :mod:`roiviz.reference`; autograd
+  differentiates the gathers).
 
 Which paths synchronise with the host (a stall on a GPU):
 
@@ -30,6 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import check_adaptive_grid, check_aligned, check_eager, check_sampling_ratio
 from ..boxes import BoxesLike, align_geometry, compute_dtype
+from . import _triton
 from ._common import axis_taps, channels_last, cpu_kernels_enabled
 from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
@@ -120,6 +124,8 @@ def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, s
              aligned: bool) -> Tensor:
     """The compiled CPU kernels when they apply (see :func:`~roiviz.ops._common.cpu_kernels_enabled`),
     else the gathers."""
+    if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
+        return _triton.roi_align(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     if input.device.type == "cpu" and cpu_kernels_enabled():
         return _RoIAlignCPU.apply(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)

@@ -11,7 +11,10 @@ How it is computed (every way exact: a max has no rounding)
   on a channels-last copy of the input, ROIs in parallel, saving the argmax like torchvision;
   the backward adds each output's gradient to its argmax, channels in parallel and ROIs in
   order inside a channel (torchvision's order: bit-exact, deterministic).
-- **Other devices**, or ``ROIVIZ_KERNELS=torch``, or no numba, take :func:`_roi_pool_gather`:
+- **CUDA tensors** take :mod:`roiviz.ops._triton` when Triton is importable (the same scan,
+  deterministic backward).
+- **Other devices** (and CUDA without Triton), or ``ROIVIZ_KERNELS=torch``, or no numba, take
+  :func:`_roi_pool_gather`:
   the same strict ``>`` scan, one step of every bin at a time, in PyTorch operations. It reads
   the size of the largest bin on the host (its loop bound; a synchronisation on a GPU).
 """
@@ -24,6 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import check_eager
 from ..boxes import BoxesLike, compute_dtype, pool_bin_edges
+from . import _triton
 from ._common import channels_last, cpu_kernels_enabled
 from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
@@ -102,6 +106,8 @@ def roi_pool(
 def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> Tensor:
     """The compiled CPU kernels when they apply (see :func:`~roiviz.ops._common.cpu_kernels_enabled`),
     else the gathers."""
+    if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
+        return _triton.roi_pool(input, rois, ph_n, pw_n, scale)
     if input.device.type == "cpu" and cpu_kernels_enabled():
         return _RoIPoolCPU.apply(input, rois, ph_n, pw_n, scale)[0]
     return _roi_pool_gather(input, rois, ph_n, pw_n, scale)
