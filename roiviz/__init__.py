@@ -8,9 +8,9 @@ A detector crops regions of different sizes out of a feature map; a conv head wa
 >>> x = torch.randn(2, 8, 50, 68)
 >>> boxes = torch.tensor([[0, 10., 20., 300., 200.], [1, 0., 0., 64., 64.]])
 >>> [tuple(f(x, boxes, (7, 7), spatial_scale=1 / 16).shape) for f in roiviz.STRATEGIES.values()]
-[(2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7)]
+[(2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7), (2, 8, 7, 7)]
 >>> list(roiviz.STRATEGIES)
-['crop', 'pad', 'adaptive_max', 'adaptive_avg', 'resize', 'roi_pool', 'roi_align']
+['crop', 'pad', 'adaptive_max', 'adaptive_avg', 'resize', 'roi_pool', 'roi_align', 'prroi_pool']
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from ._checks import trusted_boxes
 from .boxes import crop_bounds, to_rois
 from .ops import clear_workspace
+from .ops.prroi_pool import PrRoIPool, prroi_pool
 from .ops.roi_align import RoIAlign, roi_align
 from .ops.roi_pool import RoIPool, roi_pool
 from .strategies import (
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "PrRoIPool",
     "RoIAlign",
     "RoIPool",
     "__version__",
@@ -48,6 +50,7 @@ __all__ = [
     "get_strategy",
     "pad",
     "pad_to_max",
+    "prroi_pool",
     "resize",
     "roi_align",
     "roi_pool",
