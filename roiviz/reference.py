@@ -415,8 +415,12 @@ def _cell_value(plane: np.ndarray, i: int, j: int) -> float:
 
 
 def _ramp_integral(s: float, t: float) -> float:
-    """``integral of (1 - u) du`` from ``s`` to ``t``: the weight of the near corner of a cell."""
-    return t - 0.5 * t * t - s + 0.5 * s * s
+    """``integral of (1 - u) du`` from ``s`` to ``t``: the weight of the near corner of a cell.
+
+    ``t - t^2/2 - s + s^2/2`` as the paper writes it, factored so that it stays accurate when
+    ``t - s`` is tiny.
+    """
+    return (t - s) * (1 - 0.5 * (s + t))
 
 
 def prroi_cell_weights(
@@ -581,7 +585,7 @@ def _edge_integral(plane: np.ndarray, at: float, lo: float, hi: float, vertical:
             c1, c2 = prroi_surface(plane, n, at), prroi_surface(plane, n + 1, at)
         else:
             c1, c2 = prroi_surface(plane, at, n), prroi_surface(plane, at, n + 1)
-        total += c1 * _ramp_integral(s, t) + c2 * 0.5 * (t * t - s * s)
+        total += c1 * _ramp_integral(s, t) + c2 * 0.5 * (t - s) * (t + s)
     return total
 
 

@@ -12,11 +12,12 @@ The closed form used here
 The bilinear surface is ``f(y, x) = sum_ij X[i, j] * tri(y - i) * tri(x - j)`` with the hat
 ``tri(t) = max(0, 1 - |t|)``, so its integral over a bin ``[y0, y1] x [x0, x1]`` separates:
 
-    integral = sum_ij X[i, j] * wy[i] * wx[j],   wx[j] = T(x1 - j) - T(x0 - j),
+    integral = sum_ij X[i, j] * wy[i] * wx[j],   wx[j] = integral of tri over [x0 - j, x1 - j],
 
-where ``T`` is the integral of the hat (``T(t) = 0`` for ``t <= -1``, ``(1 + t)^2 / 2`` up to 0,
-``1 - (1 - t)^2 / 2`` up to 1, then 1). Each bin touches at most ``ceil(bin) + 2`` cells per
-axis. The derivative of ``wx[j]`` with respect to the edge ``x1`` is ``tri(x1 - j)``: the box
+which is ``(b - a) * (1 - |a + b| / 2)`` on each side of 0 (:func:`hat_weight`: a product with
+the interval's length, so it stays accurate for bins of any size). Each bin touches at most
+``ceil(bin) + 2`` cells per axis. The derivative of ``wx[j]`` with respect to the edge ``x1`` is
+``tri(x1 - j)``: the box
 gradient is the surface integrated along the bin's edges, minus the mean times the edge length,
 over the area, as the reference CUDA kernel (vacancy/PreciseRoIPooling) computes it.
 
@@ -151,29 +152,35 @@ def _numba_enabled() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def hat_integral(t: Tensor) -> Tensor:
-    """``T(t)``: the integral of the hat ``max(0, 1 - |u|)`` from ``-inf`` to ``t``.
+def hat_weight(a: Tensor, b: Tensor) -> Tensor:
+    """The integral of the hat ``tri(u) = max(0, 1 - |u|)`` over ``[a, b]`` (``a <= b``).
+
+    Split at 0: ``(r - l) * (1 + (l + r) / 2)`` over ``[l, r] = [a, b] ∩ [-1, 0]`` plus
+    ``(r - l) * (1 - (l + r) / 2)`` over ``[a, b] ∩ [0, 1]``. Its derivative in ``b`` is
+    ``tri(b)`` (and ``-tri(a)`` in ``a``), also at 0, where the left piece carries it.
 
     Examples
     --------
-    >>> hat_integral(torch.tensor([-2., -0.5, 0., 0.5, 2.]))
-    tensor([0.0000, 0.1250, 0.5000, 0.8750, 1.0000])
+    >>> hat_weight(torch.tensor([-2., -0.5, 0.0]), torch.tensor([2., 0.5, 1e-30]))
+    tensor([1.0000e+00, 7.5000e-01, 1.0000e-30])
     """
-    t = t.clamp(-1.0, 1.0)
-    return torch.where(t < 0, 0.5 * (1 + t) ** 2, 1 - 0.5 * (1 - t) ** 2)
+    left_a, left_b = (torch.where(v <= 0, torch.where(v > -1, v, -torch.ones_like(v)), torch.zeros_like(v)) for v in (a, b))
+    right_a, right_b = (torch.where(v > 0, torch.where(v < 1, v, torch.ones_like(v)), torch.zeros_like(v)) for v in (a, b))
+    return ((left_b - left_a) * (1 + (left_a + left_b) / 2)
+            + (right_b - right_a) * (1 - (right_a + right_b) / 2))
 
 
 def _axis_weights(lo: Tensor, hi: Tensor, size: int, n_taps: int) -> tuple[Tensor, Tensor]:
     """Cells and weights of every bin ``[lo, hi]`` along one axis of ``size`` cells.
 
     Returns ``(index, weight)``, each ``[K, P, n_taps]``: tap ``t`` is cell
-    ``clamp(floor(lo), 0, size - 1) + t``, weighted ``T(hi - j) - T(lo - j)``; taps past the
+    ``clamp(floor(lo), 0, size - 1) + t``, weighted ``hat_weight(lo - j, hi - j)``; taps past the
     map get weight 0 (and a valid index).
     """
     first = torch.floor(lo.detach()).long().clamp(0, size - 1)  # [K, P]
     index = first[..., None] + torch.arange(n_taps, device=lo.device)  # [K, P, T]
     j = index.to(lo.dtype)
-    weight = hat_integral(hi[..., None] - j) - hat_integral(lo[..., None] - j)  # [K, P, T]
+    weight = hat_weight(lo[..., None] - j, hi[..., None] - j)  # [K, P, T]
     inside = index < size
     return index.clamp(max=size - 1), torch.where(inside, weight, torch.zeros_like(weight))
 
@@ -236,7 +243,7 @@ class _PrRoIPoolFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         input, rois = ctx.saved_tensors
-        ph_n, pw_n, scale, offset = ctx.geometry
+        _, _, scale, offset = ctx.geometry
         dtype = compute_dtype(input.dtype)
         go = grad_output.to(dtype).permute(0, 2, 3, 1).contiguous().numpy()  # [K, PH, PW, C]
         geometry = rois.detach().to(torch.float64).contiguous().numpy()
@@ -265,19 +272,15 @@ if numba is not None:
         numba.config.THREADING_LAYER = "workqueue"
 
     @njit(cache=True, inline="always")
-    def _hat_integral(t):
-        """``T(t)``, the integral of the hat up to ``t`` (see the module docstring)."""
-        if t <= -1.0:
-            return 0.0
-        if t <= 0.0:
-            return 0.5 * (1.0 + t) * (1.0 + t)
-        if t < 1.0:
-            return 1.0 - 0.5 * (1.0 - t) * (1.0 - t)
-        return 1.0
+    def _hat_weight(a, b):
+        """The integral of the hat over ``[a, b]``, as :func:`hat_weight`."""
+        la, lb = min(max(a, -1.0), 0.0), min(max(b, -1.0), 0.0)
+        ra, rb = min(max(a, 0.0), 1.0), min(max(b, 0.0), 1.0)
+        return (lb - la) * (1.0 + 0.5 * (la + lb)) + (rb - ra) * (1.0 - 0.5 * (ra + rb))
 
     @njit(cache=True, inline="always")
     def _hat(t):
-        """``tri(t) = max(0, 1 - |t|)``: the weight of a cell ``t`` away, and ``T``'s derivative."""
+        """``tri(t) = max(0, 1 - |t|)``: the weight of a cell ``t`` away, and ``hat_weight``'s slope."""
         return max(0.0, 1.0 - abs(t))
 
     @njit(cache=True)
@@ -301,7 +304,7 @@ if numba is not None:
         """For every bin ``p`` of one axis: its first cell and the weights of its cells.
 
         Bin ``p`` is ``[start + p * bin, start + p * bin + bin]``; cell ``first[p] + t`` has
-        weight ``weight[p, t] = T(hi - j) - T(lo - j)`` (0 for cells past the map).
+        weight ``weight[p, t] = hat_weight(lo - j, hi - j)`` (0 for cells past the map).
         """
         n_taps = weight.shape[1]
         for p in range(n_bins):
@@ -311,12 +314,12 @@ if numba is not None:
             first[p] = int(f)
             for t in range(n_taps):
                 j = first[p] + t
-                weight[p, t] = _hat_integral(hi - j) - _hat_integral(lo - j) if j < size else 0.0
+                weight[p, t] = _hat_weight(lo - j, hi - j) if j < size else 0.0
 
     @njit(cache=True)
     def _n_taps(bin_size, size):
         """Cells a bin of ``bin_size`` can touch along an axis of ``size``: ``ceil(bin) + 2`` at most."""
-        return min(int(math.floor(bin_size)) + 3, size)
+        return min(math.floor(bin_size) + 3, size)
 
     @njit(parallel=True, cache=True)
     def _forward_kernel(x, rois, scale, offset, out):
