@@ -336,3 +336,21 @@ def test_bad_scale_aligned_and_switch(monkeypatch):
     monkeypatch.setenv(KERNELS_ENV, "cuda")
     with pytest.raises(ValueError, match=KERNELS_ENV):
         roiviz.prroi_pool(x, boxes, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cuda_takes_the_torch_path_and_matches_the_cpu(dtype):
+    x = torch.randn(2, 3, 10, 12, dtype=dtype)
+    boxes = _boxes(dtype)
+    grad = torch.randn(6, 3, 3, 4, dtype=dtype)
+    results = []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_()
+        bd = boxes.to(device).requires_grad_()
+        out = roiviz.prroi_pool(xd, bd, (3, 4), 0.9, aligned=True)
+        (out * grad.to(device)).sum().backward()
+        assert out.device.type == device
+        results.append([t.detach().cpu() for t in (out, xd.grad, bd.grad)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, **{k: 4 * v for k, v in TOLERANCES[dtype].items()})
