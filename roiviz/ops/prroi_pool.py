@@ -323,21 +323,24 @@ if numba is not None:
 
     @njit(parallel=True, cache=True)
     def _forward_kernel(x, rois, scale, offset, out):
-        """``out[k, p, q, :] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area``; ROIs in parallel."""
+        """``out[k, p, q, :] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area``; ROIs in parallel.
+
+        Geometry in float64; the weights and the sums in the data's type (as ROI Align sums)."""
         n_n, height, width, c_n = x.shape
         k_n, ph_n, pw_n, _ = out.shape
         for k in prange(k_n):
             b, start_h, start_w, bin_h, bin_w = _roi_geometry(rois[k], scale, offset, ph_n, pw_n, n_n)
             if b < 0:
                 continue  # out stays 0
+            # Weights in the data's type, so that the channel loop is one type (and vectorises).
             fy = np.empty(ph_n, np.int64)
-            wy = np.empty((ph_n, _n_taps(bin_h, height)))
+            wy = np.empty((ph_n, _n_taps(bin_h, height)), x.dtype)
             fx = np.empty(pw_n, np.int64)
-            wx = np.empty((pw_n, _n_taps(bin_w, width)))
+            wx = np.empty((pw_n, _n_taps(bin_w, width)), x.dtype)
             _axis_taps(start_h, bin_h, ph_n, height, fy, wy)
             _axis_taps(start_w, bin_w, pw_n, width, fx, wx)
             area = bin_h * bin_w
-            acc = np.empty(c_n)
+            acc = np.empty(c_n, x.dtype)
             for p in range(ph_n):
                 for q in range(pw_n):
                     acc[:] = 0.0
@@ -366,6 +369,7 @@ if numba is not None:
         k_n, ph_n, pw_n, _ = go.shape
         block = 16
         for c_block in prange((c_n + block - 1) // block):
+            inv_area = np.empty(1, gx.dtype)  # 1 / area in the data's type, like the weights
             c0 = c_block * block
             c1 = min(c0 + block, c_n)
             for k in range(k_n):
@@ -373,12 +377,12 @@ if numba is not None:
                 if b < 0:
                     continue
                 fy = np.empty(ph_n, np.int64)
-                wy = np.empty((ph_n, _n_taps(bin_h, height)))
+                wy = np.empty((ph_n, _n_taps(bin_h, height)), gx.dtype)
                 fx = np.empty(pw_n, np.int64)
-                wx = np.empty((pw_n, _n_taps(bin_w, width)))
+                wx = np.empty((pw_n, _n_taps(bin_w, width)), gx.dtype)
                 _axis_taps(start_h, bin_h, ph_n, height, fy, wy)
                 _axis_taps(start_w, bin_w, pw_n, width, fx, wx)
-                area = bin_h * bin_w
+                inv_area[0] = 1.0 / (bin_h * bin_w)
                 for p in range(ph_n):
                     for q in range(pw_n):
                         for t in range(wy.shape[1]):
@@ -386,7 +390,7 @@ if numba is not None:
                                 continue
                             i = fy[p] + t
                             for u in range(wx.shape[1]):
-                                w = wy[p, t] * wx[q, u] / area
+                                w = wy[p, t] * wx[q, u] * inv_area[0]
                                 if w == 0.0:
                                     continue
                                 j = fx[q] + u
