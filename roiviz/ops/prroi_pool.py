@@ -253,8 +253,10 @@ class _PrRoIPoolFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.zeros_like(x)  # [N, H, W, C]
             if busy:
+                # One block of channels per thread (long, vectorised inner loops); at least 16.
+                block = max(16, -(-gx.shape[3] // numba.get_num_threads()))
                 with _kernel_lock:
-                    _input_grad_kernel(go, geometry, scale, offset, gx.numpy())
+                    _input_grad_kernel(go, geometry, scale, offset, gx.numpy(), block)
             grad_input = gx.permute(0, 3, 1, 2).to(input.dtype)
         if ctx.needs_input_grad[1]:
             gb = np.zeros(geometry.shape, dtype=np.float64)
@@ -359,15 +361,14 @@ if numba is not None:
                         out[k, p, q, c] = acc[c] / area
 
     @njit(parallel=True, cache=True)
-    def _input_grad_kernel(go, rois, scale, offset, gx):
+    def _input_grad_kernel(go, rois, scale, offset, gx, block):
         """``gx[b, i, j, c] += go[k, p, q, c] * wy wx / area``: channel blocks in parallel, ROIs in order.
 
         Each input element receives its terms in the same order (ROI, bin, tap) whatever the
-        number of threads, so the result is deterministic.
+        number of threads or the ``block`` of channels, so the result is deterministic.
         """
         n_n, height, width, c_n = gx.shape
         k_n, ph_n, pw_n, _ = go.shape
-        block = 16
         for c_block in prange((c_n + block - 1) // block):
             inv_area = np.empty(1, gx.dtype)  # 1 / area in the data's type, like the weights
             c0 = c_block * block
