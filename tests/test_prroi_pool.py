@@ -151,16 +151,23 @@ def test_low_precision_against_float64(path, dtype):
     torch.testing.assert_close(got.double(), expected, **{k: 2 * v for k, v in TOLERANCES[dtype].items()})
 
 
-def test_backward_is_deterministic():
+def test_backward_is_deterministic_whatever_the_threads():
+    numba = pytest.importorskip("numba")
     x = torch.randn(2, 40, 12, 12, requires_grad=True)
     boxes = (torch.rand(30, 5) * torch.tensor([0, 6, 6, 0, 0]) + torch.tensor([0, 0, 0, 6, 6.0])).requires_grad_()
     boxes.data[:, 0] = torch.arange(30) % 2
     grads = []
-    for _ in range(2):
-        x.grad = boxes.grad = None
-        roiviz.prroi_pool(x, boxes, 5, 1.0).pow(2).sum().backward()
-        grads.append((x.grad.clone(), boxes.grad.clone()))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS, 1):  # other channel blocks, same sums
+            numba.set_num_threads(threads)
+            x.grad = boxes.grad = None
+            roiviz.prroi_pool(x, boxes, 5, 1.0).pow(2).sum().backward()
+            grads.append((x.grad.clone(), boxes.grad.clone()))
+    finally:
+        numba.set_num_threads(before)
+    for gx, gb in grads[1:]:
+        assert torch.equal(grads[0][0], gx) and torch.equal(grads[0][1], gb)
 
 
 # ------------------------------------------------------------------ the dense-sampling limit
