@@ -231,13 +231,15 @@ class _PrRoIPoolFunction(torch.autograd.Function):
         x = input.detach().to(dtype).permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]
         geometry = rois.detach().to(torch.float64).contiguous().numpy()
         k_n, c_n = rois.shape[0], input.shape[1]
-        out = torch.zeros(k_n, ph_n, pw_n, c_n, dtype=dtype)  # [K, PH, PW, C]
         if k_n and x.numel():
+            out = torch.empty(k_n, c_n, ph_n, pw_n, dtype=dtype)  # every element is written
             with _kernel_lock:
                 _forward_kernel(x.numpy(), geometry, scale, offset, out.numpy())
+        else:
+            out = torch.zeros(k_n, c_n, ph_n, pw_n, dtype=dtype)
         ctx.save_for_backward(input, rois)
         ctx.geometry = (ph_n, pw_n, scale, offset)
-        return out.permute(0, 3, 1, 2).contiguous()  # [K, C, PH, PW]
+        return out
 
     @staticmethod
     @once_differentiable
@@ -325,15 +327,16 @@ if numba is not None:
 
     @njit(parallel=True, cache=True)
     def _forward_kernel(x, rois, scale, offset, out):
-        """``out[k, p, q, :] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area``; ROIs in parallel.
+        """``out[k, :, p, q] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area``; ROIs in parallel.
 
         Geometry in float64; the weights and the sums in the data's type (as ROI Align sums)."""
         n_n, height, width, c_n = x.shape
-        k_n, ph_n, pw_n, _ = out.shape
+        k_n, _, ph_n, pw_n = out.shape  # [K, C, PH, PW]: written directly, channels first
         for k in prange(k_n):
             b, start_h, start_w, bin_h, bin_w = _roi_geometry(rois[k], scale, offset, ph_n, pw_n, n_n)
             if b < 0:
-                continue  # out stays 0
+                out[k] = 0.0
+                continue
             # Weights in the data's type, so that the channel loop is one type (and vectorises).
             fy = np.empty(ph_n, np.int64)
             wy = np.empty((ph_n, _n_taps(bin_h, height)), x.dtype)
@@ -358,7 +361,7 @@ if numba is not None:
                             for c in range(c_n):
                                 acc[c] += w * x[b, i, j, c]
                     for c in range(c_n):
-                        out[k, p, q, c] = acc[c] / area
+                        out[k, c, p, q] = acc[c] / area
 
     @njit(parallel=True, cache=True)
     def _input_grad_kernel(go, rois, scale, offset, gx, block):
