@@ -32,7 +32,7 @@ coverage            influencing box cells / box cells, where a cell influences t
                     random positive output weights ``w`` (autograd: true for any strategy)
 leak, leak_fraction influencing cells outside the box; that count / the box's area in cells
 quant_lost/_gained  box cells missing from ROI Pool's integer crop / crop cells outside the box
-                    (the strategies that start from that crop; 0 for ``roi_align``)
+                    (the strategies that start from that crop; 0 for ``roi_align``, ``prroi_pool``)
 aspect_distortion   ``log((region_w / region_h) / (PW / PH))`` of the region the strategy
                     stretches onto the grid (0 for crop and pad, which do not rescale)
 psnr                ``10 log10(peak^2 / MSE)`` of the output resized (bilinear) onto the box's
@@ -280,7 +280,7 @@ def aspect_distortion(
       (``h x w`` of :func:`roiviz.crop_bounds`; needs ``height`` and ``width``);
     - ``roi_pool``: the unclipped integer crop, ``round(x2*s) - round(x1*s) + 1`` (at least 1)
       wide, as its bins are laid out before clipping;
-    - ``roi_align``: the continuous box, ``bw = (x2 - x1) * s`` by ``bh``.
+    - ``roi_align``, ``prroi_pool``: the continuous box, ``bw = (x2 - x1) * s`` by ``bh``.
 
     ``nan`` when the region has no area, or for a strategy roiviz does not know.
 
@@ -311,7 +311,7 @@ def _aspect(
     if name in ("crop", "pad"):
         return 0.0
     _, x1, y1, x2, y2 = parsed
-    if name == "roi_align":
+    if name in ("roi_align", "prroi_pool"):
         rw, rh = (x2 - x1) * s, (y2 - y1) * s
     elif name == "roi_pool":
         q = quantize(torch.tensor([parsed], dtype=torch.float32), s)[0].tolist()  # as roi_pool rounds a float32 box
@@ -1150,14 +1150,14 @@ def strategy_metrics(
         - ``coverage``, ``leak``, ``leak_fraction``: :func:`coverage`, from the gradient of a
           randomly weighted sum of the outputs on a random map;
         - ``quant_lost``, ``quant_gained``: :func:`quantization` counts for the strategies in
-          :data:`QUANTIZING`, ``0`` for ``roi_align`` (it samples the continuous box), ``-1``
+          :data:`QUANTIZING`, ``0`` for ``roi_align`` and ``prroi_pool`` (continuous box), ``-1``
           (printed ``n/a``) for other strategies;
         - ``aspect_distortion``: :func:`aspect_distortion`;
         - ``psnr``: :func:`reconstruction_psnr` of the real output;
         - ``misalignment``: :func:`misalignment` ``.mean``.
 
         ``leak`` is ``-1`` when coverage is not included; ``quant_*`` are ``-1`` when not
-        included or for a strategy outside :data:`QUANTIZING` other than ``roi_align``.
+        included or for a strategy outside :data:`QUANTIZING` other than those two.
 
     Cost: per strategy, one call with one backward on a batch of the random probe and up to 9
     impulse maps (one channel each; on a window around the box for roiviz's strategies and
@@ -1230,7 +1230,7 @@ def strategy_metrics(
         if quant is not None:
             if name in QUANTIZING:
                 lost, gained = quant.lost, quant.gained
-            elif name == "roi_align":
+            elif name in ("roi_align", "prroi_pool"):
                 lost, gained = 0, 0
         aspect = math.nan
         if "aspect" in include and name in STRATEGIES:

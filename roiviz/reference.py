@@ -33,6 +33,11 @@ __all__ = [
     "crop_rois",
     "pad",
     "pad_to_max",
+    "prroi_bins",
+    "prroi_cell_weights",
+    "prroi_pool",
+    "prroi_pool_backward",
+    "prroi_surface",
     "resize",
     "roi_align",
     "roi_align_backward",
@@ -377,6 +382,211 @@ def roi_align_backward(
                         for row, col, w in bilinear_interpolate(input[0, 0], y, x, input.dtype):
                             grad[b, c, row, col] += g * f(w) / f(count)  # one rounded add per term
     return torch.from_numpy(grad).to(input.dtype).to(input.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Precise RoI Pooling (IoU-Net)
+# --------------------------------------------------------------------------------------------
+
+
+def prroi_surface(plane: np.ndarray, y: float, x: float) -> float:
+    """The bilinear surface Precise RoI Pooling integrates, at the point ``(y, x)``.
+
+    Cell ``(i, j)`` holds its value at the point ``(i, j)``; between cells the value is
+    interpolated bilinearly, and the map is extended by zeros (so the surface fades to 0 one
+    cell beyond the border).
+
+    Examples
+    --------
+    >>> plane = np.array([[0., 1.], [2., 3.]])
+    >>> prroi_surface(plane, 0.5, 0.5), prroi_surface(plane, 1.5, 1.0), prroi_surface(plane, 3.0, 0.0)
+    (1.5, 1.5, 0.0)
+    """
+    total = 0.0
+    for i in (math.floor(y), math.floor(y) + 1):
+        for j in (math.floor(x), math.floor(x) + 1):
+            total += _cell_value(plane, i, j) * (1 - abs(y - i)) * (1 - abs(x - j))
+    return total
+
+
+def _cell_value(plane: np.ndarray, i: int, j: int) -> float:
+    height, width = plane.shape
+    return float(plane[i, j]) if 0 <= i < height and 0 <= j < width else 0.0
+
+
+def _ramp_integral(s: float, t: float) -> float:
+    """``integral of (1 - u) du`` from ``s`` to ``t``: the weight of the near corner of a cell.
+
+    ``t - t^2/2 - s + s^2/2`` as the paper writes it, factored so that it stays accurate when
+    ``t - s`` is tiny.
+    """
+    return (t - s) * (1 - 0.5 * (s + t))
+
+
+def prroi_cell_weights(
+    h: int, w: int, y0: float, x0: float, y1: float, x1: float
+) -> list[tuple[int, int, float]]:
+    """``[(row, col, weight), ...]``: the four corners of cell ``[h, h+1] x [w, w+1]`` and the
+    integral, over the part ``[y0, y1] x [x0, x1]`` of that cell, of each corner's bilinear weight.
+
+    Over one cell the surface is bilinear in its four corners, so its integral there is exact:
+    ``sum(weight * value)``. This is the formula of the paper and its CUDA kernel.
+
+    Examples
+    --------
+    >>> prroi_cell_weights(0, 0, 0.0, 0.0, 1.0, 1.0)  # a whole cell: a quarter to each corner
+    [(0, 0, 0.25), (0, 1, 0.25), (1, 0, 0.25), (1, 1, 0.25)]
+    """
+    near_y, far_y = _ramp_integral(y0 - h, y1 - h), _ramp_integral(h + 1 - y1, h + 1 - y0)
+    near_x, far_x = _ramp_integral(x0 - w, x1 - w), _ramp_integral(w + 1 - x1, w + 1 - x0)
+    return [(h, w, near_y * near_x), (h, w + 1, near_y * far_x),
+            (h + 1, w, far_y * near_x), (h + 1, w + 1, far_y * far_x)]
+
+
+def prroi_bins(
+    roi: torch.Tensor, pooled_height: int, pooled_width: int, spatial_scale: float, aligned: bool = False
+) -> list[list[tuple[float, float, float, float]]]:
+    """The bins of one ROI in map coordinates: ``bins[ph][pw] = (y0, x0, y1, x1)``.
+
+    Examples
+    --------
+    >>> prroi_bins(torch.tensor([0, 0., 0., 4., 2.]), 1, 2, 1.0)
+    [[(0.0, 0.0, 2.0, 2.0), (0.0, 2.0, 2.0, 4.0)]]
+    """
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (float(v) for v in roi[1:5])
+    start_w, start_h = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+    bin_w = max(x2 * spatial_scale - offset - start_w, 0.0) / pooled_width
+    bin_h = max(y2 * spatial_scale - offset - start_h, 0.0) / pooled_height
+    return [[(start_h + bin_h * ph, start_w + bin_w * pw, start_h + bin_h * ph + bin_h, start_w + bin_w * pw + bin_w)
+             for pw in range(pooled_width)] for ph in range(pooled_height)]
+
+
+def _bin_cells(y0: float, x0: float, y1: float, x1: float):
+    """Every cell ``(h, w)`` the bin overlaps, with the overlap ``(ya, xa, yb, xb)``."""
+    for h in range(math.floor(y0), math.ceil(y1)):
+        for w in range(math.floor(x0), math.ceil(x1)):
+            yield h, w, (max(y0, h), max(x0, w), min(y1, h + 1), min(x1, w + 1))
+
+
+def prroi_pool(
+    input: torch.Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """Reference Precise RoI Pooling: the integral of the surface over each bin, over its area.
+
+    Cell by cell, as the paper writes it (:func:`prroi_cell_weights`), in float64; a bin of
+    zero area gives 0. See :func:`roiviz.prroi_pool` for the conventions.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> prroi_pool(x, torch.tensor([[0, 0., 0., 3., 3.]]), 1)
+    tensor([[[[7.5000]]]])
+    """
+    input, rois, ph_n, pw_n, scale = _prepare(input, boxes, output_size, spatial_scale)
+    aligned = check_aligned(aligned)
+    out = torch.zeros(rois.shape[0], input.shape[1], ph_n, pw_n, dtype=torch.float64)
+    x = input.detach().cpu().double().numpy()
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        bins = prroi_bins(rois[k].detach().cpu(), ph_n, pw_n, scale, aligned)
+        for c in range(input.shape[1]):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    y0, x0, y1, x1 = bins[ph][pw]
+                    area = (y1 - y0) * (x1 - x0)
+                    if area <= 0:
+                        continue
+                    total = 0.0
+                    for h, w, part in _bin_cells(y0, x0, y1, x1):
+                        for row, col, weight in prroi_cell_weights(h, w, *part):
+                            total += _cell_value(x[b, c], row, col) * weight
+                    out[k, c, ph, pw] = total / area
+    return out.to(input.dtype).to(input.device)
+
+
+def prroi_pool_backward(
+    input: torch.Tensor, boxes: BoxesLike, grad_output: torch.Tensor, spatial_scale: float = 1.0,
+    aligned: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference gradients of :func:`prroi_pool`: ``(grad_input [N, C, H, W], grad_rois [K, 5])``.
+
+    The input gradient distributes each output's gradient over the cell corners with the weights
+    of :func:`prroi_cell_weights`. The box gradient is the paper's: moving the right edge ``x1``
+    of a bin of mean ``m`` and area ``A`` changes ``m`` by ``(E - m * (y1 - y0)) / A``, where
+    ``E`` is the surface integrated along that edge (exactly: it is linear along the edge within
+    a cell); the bins' edges move with the box's edges (bin ``q`` of ``PW``: its left edge by
+    ``1 - q/PW`` with ``x1`` and ``q/PW`` with ``x2``), times ``spatial_scale``. The batch index
+    column gets 0; bins of zero area give nothing.
+
+    Examples
+    --------
+    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+    >>> gi, gr = prroi_pool_backward(x, torch.tensor([[0, 0., 0., 2., 2.]]), torch.ones(1, 1, 1, 1))
+    >>> gr  # the surface is x + 4 y: moving either x edge by 1 moves the mean by 1/2
+    tensor([[0.0000, 0.5000, 2.0000, 0.5000, 2.0000]])
+    """
+    input, rois, _, _, scale = _prepare(input, boxes, 1, spatial_scale)
+    aligned = check_aligned(aligned)
+    k_n, (n_n, c_n, height, width) = rois.shape[0], input.shape
+    if grad_output.dim() != 4 or grad_output.shape[:2] != (k_n, c_n):
+        raise ValueError(f"grad_output must have shape [{k_n}, {c_n}, PH, PW], got {list(grad_output.shape)}")
+    ph_n, pw_n = grad_output.shape[2:]
+    x = input.detach().cpu().double().numpy()
+    g_out = grad_output.detach().cpu().double().numpy()
+    grad_input = np.zeros((n_n, c_n, height, width))
+    grad_rois = np.zeros((k_n, 5))
+    for k in range(k_n):
+        b = int(rois[k, 0])
+        bins = prroi_bins(rois[k].detach().cpu(), ph_n, pw_n, scale, aligned)
+        for c in range(c_n):
+            plane = x[b, c]
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    y0, x0, y1, x1 = bins[ph][pw]
+                    area = (y1 - y0) * (x1 - x0)
+                    g = g_out[k, c, ph, pw]
+                    if area <= 0:
+                        continue
+                    mean = 0.0
+                    for h, w, part in _bin_cells(y0, x0, y1, x1):
+                        for row, col, weight in prroi_cell_weights(h, w, *part):
+                            if 0 <= row < height and 0 <= col < width:
+                                grad_input[b, c, row, col] += g * weight / area
+                            mean += _cell_value(plane, row, col) * weight / area
+                    # The surface integrated along each edge of the bin.
+                    left = _edge_integral(plane, x0, y0, y1, vertical=True)
+                    right = _edge_integral(plane, x1, y0, y1, vertical=True)
+                    top = _edge_integral(plane, y0, x0, x1, vertical=False)
+                    bottom = _edge_integral(plane, y1, x0, x1, vertical=False)
+                    d_x0 = (-left + mean * (y1 - y0)) / area
+                    d_x1 = (right - mean * (y1 - y0)) / area
+                    d_y0 = (-top + mean * (x1 - x0)) / area
+                    d_y1 = (bottom - mean * (x1 - x0)) / area
+                    grad_rois[k, 1] += g * scale * (d_x0 * (1 - pw / pw_n) + d_x1 * (1 - (pw + 1) / pw_n))
+                    grad_rois[k, 3] += g * scale * (d_x0 * pw / pw_n + d_x1 * (pw + 1) / pw_n)
+                    grad_rois[k, 2] += g * scale * (d_y0 * (1 - ph / ph_n) + d_y1 * (1 - (ph + 1) / ph_n))
+                    grad_rois[k, 4] += g * scale * (d_y0 * ph / ph_n + d_y1 * (ph + 1) / ph_n)
+    return (torch.from_numpy(grad_input).to(input.dtype).to(input.device),
+            torch.from_numpy(grad_rois).to(input.dtype).to(input.device))
+
+
+def _edge_integral(plane: np.ndarray, at: float, lo: float, hi: float, vertical: bool) -> float:
+    """The surface integrated along the segment ``x = at, y in [lo, hi]`` (or ``y = at``, x in it).
+
+    Along the segment the surface is linear within each cell, so the integral is exact:
+    ``c1 * int(1 - u) + c2 * int(u)`` over each cell's part, ``c1, c2`` its values at the ends.
+    """
+    total = 0.0
+    for n in range(math.floor(lo), math.ceil(hi)):
+        s, t = max(lo, n) - n, min(hi, n + 1) - n
+        if vertical:
+            c1, c2 = prroi_surface(plane, n, at), prroi_surface(plane, n + 1, at)
+        else:
+            c1, c2 = prroi_surface(plane, at, n), prroi_surface(plane, at, n + 1)
+        total += c1 * _ramp_integral(s, t) + c2 * 0.5 * (t - s) * (t + s)
+    return total
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every strategy has the one signature ``f(input, boxes, output_size, spatial_scale=1.0)`` and
 runs batched over all ROIs (no Python loop per ROI). ``crop``, ``pad``, ``adaptive_*`` and
 ``resize`` start from the exact integer crop of each box (see :mod:`roiviz.boxes` for the pixel
-convention, the same one ROI Pool uses); ``roi_pool`` and ``roi_align`` are the detector ops.
+convention, the same one ROI Pool uses); ``roi_pool``, ``roi_align`` and ``prroi_pool`` are the detector ops.
 
 =============== ==================================================================
 ``crop``         cut to ``output_size``, zero-filled where smaller (top-left anchored)
@@ -13,6 +13,7 @@ convention, the same one ROI Pool uses); ``roi_pool`` and ``roi_align`` are the 
 ``resize``       RoIWarp: the crop resized bilinearly (``F.interpolate``, half-pixel)
 ``roi_pool``     Fast R-CNN's quantised max pooling (:func:`roiviz.roi_pool`)
 ``roi_align``    Mask R-CNN's bilinear sampling, ``aligned=True, sampling_ratio=2``
+``prroi_pool``   IoU-Net's exact bin integral (:func:`roiviz.prroi_pool`), ``aligned=True``
 =============== ==================================================================
 
 NaN and inf behave as in the definition of each strategy, box by box: a cell only ever reaches
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from ._checks import check_eager, check_input, check_output_size, check_spatial_scale
 from .boxes import BoxesLike, compute_dtype, crop_bounds, to_rois
+from .ops.prroi_pool import prroi_pool
 from .ops.roi_align import roi_align
 from .ops.roi_pool import roi_pool
 
@@ -390,6 +392,16 @@ def _roi_align_strategy(
 
 _roi_align_strategy.__name__ = "roi_align"
 
+
+def _prroi_pool_strategy(
+    input: Tensor, boxes: BoxesLike, output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """Precise RoI Pooling as registered in :data:`STRATEGIES`: ``aligned=True``, as ``roi_align``."""
+    return prroi_pool(input, boxes, output_size, spatial_scale, aligned=True)
+
+
+_prroi_pool_strategy.__name__ = "prroi_pool"
+
 #: Every strategy by name, in teaching order: name -> ``f(input, boxes, output_size, spatial_scale=1.0)``.
 STRATEGIES: dict[str, Strategy] = {
     "crop": crop,
@@ -399,6 +411,7 @@ STRATEGIES: dict[str, Strategy] = {
     "resize": resize,
     "roi_pool": roi_pool,
     "roi_align": _roi_align_strategy,
+    "prroi_pool": _prroi_pool_strategy,
 }
 
 

@@ -94,7 +94,7 @@ def test_cli_json_to_stdout(capsys) -> None:
     assert code == 0
     captured = capsys.readouterr()
     data = json.loads(captured.out)  # stdout is only the JSON; the table goes to stderr
-    assert {r["op"] for r in data["rows"]} == {"crop", "pad", "adaptive_max", "adaptive_avg", "resize"}
+    assert {r["op"] for r in data["rows"]} == {"crop", "pad", "adaptive_max", "adaptive_avg", "resize", "prroi_pool"}
     assert "workload" in captured.err
 
 

@@ -152,7 +152,7 @@ def test_tiny_run_trains_and_writes_json(tmp_path):
     loaded = json.loads(path.read_text())
     assert loaded["strategies"] == list(roiviz.STRATEGIES)
     by_name = loaded["results"]["stride_8"]
-    assert set(by_name) == set(roiviz.STRATEGIES) and len(by_name) == 7
+    assert set(by_name) == set(roiviz.STRATEGIES) and len(by_name) == 8
     for name, s in by_name.items():
         for key in ("mask_iou", "ap", "ap50", "ap75", "class_acc"):
             assert 0.0 <= s[f"{key}_mean"] <= 1.0, (name, key)
@@ -260,7 +260,7 @@ def test_one_seed_prints_no_spread():
 def test_chart_draws_bars_with_error_bars_on_given_ax():
     fig, ax = plt.subplots()
     assert experiments.plot_results(_fake_results(), ax=ax, metric="ap") is ax
-    assert len(ax.patches) == 7 * 2
+    assert len(ax.patches) == len(roiviz.STRATEGIES) * 2
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(bars) == 2 and all(c.errorbar is not None for c in bars)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(roiviz.STRATEGIES)

@@ -268,6 +268,7 @@ def test_aspect_distortion_hand_values() -> None:
     assert aspect_distortion("roi_align", (0, 0, 14, 7), 7) == pytest.approx(log2)
     assert aspect_distortion("roi_align", (0, 0, 7, 14), 7) == pytest.approx(-log2)
     assert aspect_distortion("roi_align", (0, 0, 14, 7), (7, 14)) == pytest.approx(0.0)
+    assert aspect_distortion("prroi_pool", (0, 0, 14, 7), 7) == pytest.approx(log2)  # the continuous box too
     for name in ("crop", "pad"):
         assert aspect_distortion(name, (0, 0, 14, 7), 7) == 0.0
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import roiviz
 from roiviz import reference
 
-NAMES = ["crop", "pad", "adaptive_max", "adaptive_avg", "resize", "roi_pool", "roi_align"]
+NAMES = ["crop", "pad", "adaptive_max", "adaptive_avg", "resize", "roi_pool", "roi_align", "prroi_pool"]
 REFERENCES = {
     "crop": reference.crop,
     "pad": reference.pad,
@@ -22,6 +22,7 @@ REFERENCES = {
     "resize": reference.resize,
     "roi_pool": reference.roi_pool,
     "roi_align": lambda *a: reference.roi_align(*a, sampling_ratio=2, aligned=True),
+    "prroi_pool": lambda *a: reference.prroi_pool(*a, aligned=True),
 }
 
 

@@ -1,0 +1,81 @@
+"""Forward (and forward+backward) time of prroi_pool against roi_align (sampling_ratio=2), W1 and W3.
+
+Both ops in one process, calls interleaved (roi_align, prroi_pool, roi_align, ...), medians and
+their ratio; the CPU model, torch threads and the load average are printed with them, because
+the machine these run on may be shared. Both in the strategy convention (``aligned=True``).
+
+    PYTHONPATH=. python benchmarks/bench_prroi.py [--reps 15] [--threads 2] [--backward]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import roiviz
+from roiviz.bench import WORKLOADS, make_boxes, make_input
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--backward", action="store_true", help="also time forward+backward (input and boxes)")
+    parser.add_argument("--workloads", nargs="+", default=["W1", "W3"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:  # the numba kernels use as many threads as torch, so that the comparison is fair
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    ops = {
+        "roi_align sr=2": lambda x, b, w: roiviz.roi_align(x, b, w.output_size, w.spatial_scale, 2, True),
+        "prroi_pool": lambda x, b, w: roiviz.prroi_pool(x, b, w.output_size, w.spatial_scale, aligned=True),
+    }
+    print(f"CPU: {_cpu_model()}; torch {torch.__version__}, {args.threads} thread(s); "
+          f"ROIVIZ_KERNELS={os.environ.get('ROIVIZ_KERNELS', 'numba')}; load before: {os.getloadavg()}")
+    for name in args.workloads:
+        w = WORKLOADS[name]
+        x, boxes = make_input(w), make_boxes(w)
+        modes = ["fwd", "fwd+bwd"] if args.backward else ["fwd"]
+        for mode in modes:
+            times: dict[str, list[float]] = {op: [] for op in ops}
+            for rep in range(args.reps + 2):  # two warm-up rounds (numba loads its cache, pages fault in)
+                for op, fn in ops.items():
+                    xi = x.detach().requires_grad_(mode != "fwd")
+                    bi = boxes.detach().requires_grad_(mode != "fwd" and op == "prroi_pool")
+                    start = time.perf_counter()
+                    out = fn(xi, bi, w)
+                    if mode != "fwd":
+                        out.sum().backward()
+                    elapsed = time.perf_counter() - start
+                    del out
+                    if rep >= 2:
+                        times[op].append(elapsed)
+            med = {op: statistics.median(t) * 1e3 for op, t in times.items()}
+            print(f"{name} {mode} ({w.n_rois} ROIs, {w.channels} ch, {w.output_size}x{w.output_size}, "
+                  f"{args.reps} reps): " + ", ".join(f"{op} {m:.1f} ms" for op, m in med.items())
+                  + f"; prroi_pool / roi_align = {med['prroi_pool'] / med['roi_align sr=2']:.2f}")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
