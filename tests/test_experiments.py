@@ -18,6 +18,7 @@ from matplotlib.container import BarContainer
 
 import roiviz
 from roiviz import experiments
+from roiviz.experiments import gaps as gaps_mod
 from roiviz.experiments import train as train_mod
 from roiviz.experiments.data import (
     CLASSES,
@@ -310,7 +311,112 @@ def test_cli_tiny_run_writes_everything(tmp_path, capsys, monkeypatch):
     assert code == 0
     out = capsys.readouterr().out
     assert "roi_align" in out and "stride 8" in out
+    assert "AP75" in out.splitlines()[0] and "stride 8  align - pool  mask AP" in out
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["mode"] == "quick" and set(data["results"]["stride_8"]) == set(roiviz.STRATEGIES)
     for name in ("results.json", "table.txt", "mask_iou.png", "mask_ap.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- does the gap widen? (gaps.py)
+
+
+def _gap_results(pool, warp, align):
+    """Results with one entry per seed: ``pool``, ``warp``, ``align`` map stride -> per-seed AP."""
+    def entry(values):
+        return {"per_seed": [{m: v for m in gaps_mod.GAP_METRICS} for v in values]}
+    return {"results": {f"stride_{s}": {"roi_pool": entry(pool[s]), "resize": entry(warp[s]),
+                                        "roi_align": entry(align[s])} for s in pool}}
+
+
+def test_full_run_objects_are_large_relative_to_the_coarsest_cell():
+    cfg = experiments.FULL
+    assert cfg.strides == (16, 32) and len(cfg.seeds) >= 3
+    # Every object spans at least two cells of the coarsest map: the question is fair there.
+    assert cfg.data.size_range[0] >= 2 * max(cfg.strides)
+    assert experiments.QUICK.data == experiments.SMALL_OBJECTS
+
+
+def test_seed_gaps_are_paired_differences():
+    r = _gap_results(pool={16: [0.5, 0.6], 32: [0.4, 0.5]}, warp={16: [0.5, 0.7], 32: [0.3, 0.5]},
+                     align={16: [0.7, 0.7], 32: [0.8, 0.6]})
+    g = gaps_mod.seed_gaps(r)
+    assert g["stride_16"]["align_minus_pool"]["ap"] == pytest.approx([0.2, 0.1])
+    assert g["stride_32"]["warp_minus_pool"]["ap75"] == pytest.approx([-0.1, 0.0])
+    w = gaps_mod.widening(r)
+    assert (w["fine"], w["coarse"]) == ("stride_16", "stride_32")
+    assert w["fine_gap"] == pytest.approx(0.15) and w["coarse_gap"] == pytest.approx(0.25)
+    assert w["widens"] and (w["seeds_widening"], w["seeds"]) == (1, 2)  # seed 1: 0.1 -> 0.1 is not wider
+    assert not gaps_mod.widening(r, gap="warp_minus_pool")["widens"]
+    text = gaps_mod.format_gaps(r)
+    assert "stride 32  align - pool  mask AP +0.400 +0.100" in text
+    assert "mask AP align - pool, stride 16 -> stride 32: +0.150 -> +0.250 (widens in the mean; wider on 1/2 seeds)" in text
+
+
+def test_seed_gaps_skip_missing_strategies_and_widening_needs_two_strides():
+    r = _gap_results(pool={16: [0.5]}, warp={16: [0.5]}, align={16: [0.7]})
+    del r["results"]["stride_16"]["resize"]
+    assert list(gaps_mod.seed_gaps(r)["stride_16"]) == ["align_minus_pool"]
+    with pytest.raises(ValueError, match="two strides"):
+        gaps_mod.widening(r)
+    with pytest.raises(ValueError, match="metric"):
+        gaps_mod.widening(r, metric="iou")
+    with pytest.raises(ValueError, match="results"):
+        gaps_mod.seed_gaps({})
+
+
+def test_run_stores_object_sizes_and_per_seed_gaps():
+    r = experiments.run(config=TINY.replace(steps=3, seeds=(0, 1)), progress=False)
+    lo, hi = TINY_DATA.size_range
+    assert lo <= r["objects"]["extent_px_median"] <= hi
+    by_name = r["results"]["stride_8"]
+    expected = [a["ap75"] - p["ap75"] for a, p in zip(by_name["roi_align"]["per_seed"],
+                                                       by_name["roi_pool"]["per_seed"], strict=True)]
+    assert r["gaps"]["stride_8"]["align_minus_pool"]["ap75"] == expected
+    assert set(r["gaps"]["stride_8"]) == {"align_minus_pool", "warp_minus_pool"}
+
+
+SMALL_TINY = DataConfig(image_size=32, objects=(1, 2), size_range=(5.0, 8.0), bar_width=(2.0, 3.0),
+                        proposals=2)
+LARGE_TINY = DataConfig(image_size=32, objects=(1, 1), size_range=(18.0, 24.0), bar_width=(2.0, 3.0),
+                        proposals=2)
+
+
+def test_compare_object_sizes_rows_and_plot():
+    cfg = TINY.replace(strides=(8, 16), steps=5)
+    table = experiments.compare_object_sizes({"small": SMALL_TINY, "large": LARGE_TINY}, config=cfg)
+    rows = table["rows"]
+    assert [(r["data"], r["stride"]) for r in rows] == [("small", 8), ("small", 16), ("large", 8), ("large", 16)]
+    for r in rows:
+        assert r["extent_over_stride"] == pytest.approx(r["extent_px"] / r["stride"])
+        assert r["align_minus_pool_ap"] == pytest.approx(r["ap_roi_align"] - r["ap_roi_pool"])
+        assert r["warp_minus_pool_ap75"] == pytest.approx(r["ap75_resize"] - r["ap75_roi_pool"])
+    assert rows[0]["extent_px"] < 8 < 18 <= rows[2]["extent_px"]
+    assert set(table["results"]["large"]["strategies"]) == {"roi_pool", "resize", "roi_align"}
+    text = experiments.format_size_table(table, "ap75")
+    assert text.splitlines()[0].split()[:5] == ["data", "stride", "object", "px", "object/stride"]
+    assert len(text.splitlines()) == 5 and "align - pool" in text and "warp - pool" in text
+
+    ax = experiments.plot_gap_vs_size(table)
+    fig = ax.figure
+    assert fig.get_figwidth() <= 10
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["roi_align − roi_pool", "resize − roi_pool (RoIWarp)"]
+    xs, ys = ax.get_lines()[0].get_data()
+    assert sorted(ys) == sorted(r["align_minus_pool_ap"] for r in rows)
+    assert sorted(xs) == pytest.approx(sorted(r["extent_over_stride"] for r in rows))
+    fonts = [t.get_fontsize() for t in (*ax.get_legend().get_texts(), ax.xaxis.label, ax.yaxis.label,
+                                        *ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels())]
+    assert min(fonts) >= 10
+    plt.close(fig)
+
+
+def test_compare_object_sizes_bad_arguments():
+    with pytest.raises(ValueError, match="roi_pool"):
+        experiments.compare_object_sizes({"a": SMALL_TINY}, config=TINY, strategies=("roi_align", "resize"))
+    with pytest.raises(ValueError, match="unknown"):
+        experiments.compare_object_sizes({"a": SMALL_TINY}, config=TINY, strategies=("roi_pool", "nope"))
+    with pytest.raises(TypeError, match="DataConfig"):
+        experiments.compare_object_sizes({"a": (32, 5.0)}, config=TINY)
+    with pytest.raises(ValueError, match="at least one"):
+        experiments.compare_object_sizes({}, config=TINY)

@@ -10,7 +10,7 @@ chart (:mod:`.report`).
 From the command line::
 
     roiviz experiment --quick                 # stride 16, one seed, about 30 s
-    roiviz experiment --json results.json     # strides 16 and 32, three seeds, about 5-6 min
+    roiviz experiment --json results.json     # strides 16 and 32, three seeds, large objects, about 10 min
 
 From a notebook::
 
@@ -27,25 +27,47 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .data import CLASSES, DataConfig, make_dataset
+from .data import CLASSES, LARGE_OBJECTS, SMALL_OBJECTS, DataConfig, make_dataset
+from .gaps import (
+    SIZES,
+    compare_object_sizes,
+    format_gaps,
+    format_size_table,
+    plot_gap_vs_size,
+    seed_gaps,
+    widening,
+)
 from .report import METRIC_LABELS, format_table, load_results, plot_results, save_results
 from .train import FULL, QUICK, ExperimentConfig, Strategy, run_experiment
 
 __all__ = [
     "CLASSES",
     "FULL",
+    "LARGE_OBJECTS",
     "METRIC_LABELS",
     "QUICK",
+    "SIZES",
+    "SMALL_OBJECTS",
+    "TABLE_METRICS",
     "DataConfig",
     "ExperimentConfig",
+    "compare_object_sizes",
+    "format_gaps",
+    "format_size_table",
     "format_table",
     "load_results",
     "main",
     "make_dataset",
+    "plot_gap_vs_size",
     "plot_results",
     "run",
     "save_results",
+    "seed_gaps",
+    "widening",
 ]
+
+#: The columns of the printed and stored table (mask AP at COCO's thresholds, AP50, AP75, mask IoU).
+TABLE_METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "mask_iou")
 
 
 def run(
@@ -106,6 +128,8 @@ def run(
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     results = run_experiment(cfg, strategies=strategies, progress=progress, threads=threads or 1)
     results["mode"] = "custom" if config is not None else ("quick" if quick else "full")
+    # align - pool and warp - pool, per stride and seed (absent when a strategy is left out).
+    results["gaps"] = seed_gaps(results)
     if json_path is not None:
         save_results(results, json_path)
     if out is not None:
@@ -120,7 +144,7 @@ def _write_outputs(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     save_results(results, out / "results.json")
-    (out / "table.txt").write_text(format_table(results) + "\n")
+    (out / "table.txt").write_text(format_table(results, TABLE_METRICS) + "\n\n" + format_gaps(results) + "\n")
     for metric, name in (("mask_iou", "mask_iou.png"), ("ap", "mask_ap.png")):
         fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
         plot_results(results, ax=ax, metric=metric)
@@ -190,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = run(args.quick, strides=config.strides, seeds=config.seeds, json_path=args.json,
                   out=args.out, progress=not args.no_progress, threads=args.threads)
-    print(format_table(results))
+    print(format_table(results, TABLE_METRICS))
+    print()
+    print(format_gaps(results))
     print(f"\n{len(results['strategies'])} strategies x {len(config.strides)} stride(s) x "
           f"{len(config.seeds)} seed(s) in {time.perf_counter() - start:.1f} s "
           f"({results['threads']} thread(s))")

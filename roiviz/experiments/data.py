@@ -33,6 +33,8 @@ import torch
 
 __all__ = [
     "CLASSES",
+    "LARGE_OBJECTS",
+    "SMALL_OBJECTS",
     "SPLITS",
     "DataConfig",
     "ShapeSet",
@@ -92,6 +94,14 @@ class DataConfig:
             raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
         if self.proposals < 1 or self.supersample < 1:
             raise ValueError("proposals and supersample must be >= 1")
+
+
+#: Objects of 18-56 px in 128-px images: 1-3.5 stride-16 cells, 0.6-1.75 stride-32 cells. At
+#: stride 32 a cell is as large as the object, so every strategy falls toward "fill the box".
+SMALL_OBJECTS = DataConfig()
+#: Objects of 80-200 px in 256-px images: 2.5-6 stride-32 cells (and bars 4-10 px thick, still
+#: thinner than a stride-16 cell), as COCO's objects are large relative to Mask R-CNN's features.
+LARGE_OBJECTS = DataConfig(image_size=256, objects=(1, 3), size_range=(80.0, 200.0), bar_width=(4.0, 10.0))
 
 
 @dataclass
