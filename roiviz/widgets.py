@@ -474,7 +474,7 @@ class ExplorerModel(T.HasTraits):
         """How the map and every panel are coloured: ``(kind, lo, hi)``, one scale for all.
 
         ``kind`` is ``"rgb"`` for a colour photo at stride 1 shown as colour (each channel
-        ``lo..hi`` to 0..255), else ``"map"`` (one value per cell through viridis). The range
+        ``lo..hi``, at least 0..1, to 0..255), else ``"map"`` (one value per cell through viridis). The range
         is every value a strategy can produce for the view, not just the map's: per channel a
         strategy's output lies within ``[min(c_min, 0), max(c_max, 0)]`` (averages, bilinear
         taps and maxima stay in the channel's range; zero fill adds 0), so the channel-mean view
@@ -492,7 +492,8 @@ class ExplorerModel(T.HasTraits):
             lows = torch.clamp(x.min(dim=1).values, max=0.0).double()
             highs = torch.clamp(x.max(dim=1).values, min=0.0).double()
             if self._rgb_view():
-                kind, lo, hi = "rgb", float(lows.min()), float(highs.max())
+                # A photo's own 0..1 (wider if its values are): its true colours.
+                kind, lo, hi = "rgb", float(lows.min()), max(float(highs.max()), 1.0)
             elif self.channel >= 0:
                 kind, lo, hi = "map", float(lows[self.channel]), float(highs[self.channel])
             else:
