@@ -119,12 +119,13 @@ def _write_notebook(path: Path, source: str) -> None:
     path.write_text(json.dumps(nb), encoding="utf-8")
 
 
-def serve(base: Path, app: str, extra: list[str] | None = None) -> Iterator[dict]:
-    """A Jupyter server (``jupyterlab``, ``notebook`` or ``voila``) on a free port of 127.0.0.1."""
+def serve(base: Path, app: str) -> Iterator[dict]:
+    """A Jupyter server (``jupyterlab``, ``notebook``, or ``explore`` for ``roiviz explore``'s
+    Voilà page) on a free port of 127.0.0.1."""
     served = base / "served"
     served.mkdir(exist_ok=True)
     _write_notebook(served / "explorer.ipynb", CELL)
-    for sub in ("home", "settings", "workspaces", "runtime", "config"):
+    for sub in ("home", "settings", "workspaces", "runtime", "config", "tmp"):
         (base / sub).mkdir(exist_ok=True)
     notification = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True, exist_ok=True)
@@ -134,12 +135,14 @@ def serve(base: Path, app: str, extra: list[str] | None = None) -> Iterator[dict
     env.update(
         HOME=str(base / "home"), MPLCONFIGDIR=str(base / "home" / "mpl"),
         JUPYTER_RUNTIME_DIR=str(base / "runtime"), JUPYTER_CONFIG_DIR=str(base / "config"),
+        TMPDIR=str(base / "tmp"),  # Voilà writes its kernels' connection files there
         PYTHONPATH=str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     )
     env.pop("MPLBACKEND", None)
     cmd = [sys.executable, "-m", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}"]
-    if app == "voila":
-        cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", *(extra or [])]
+    if app == "explore":  # `roiviz explore`: Voilà on 127.0.0.1
+        cmd = [sys.executable, "-m", "roiviz", "explore", "grace_hopper", "--no-browser", f"--port={port}",
+               "--box", *(str(v) for v in START_BOX)]
     else:
         cmd += [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}"]
         if app == "jupyterlab":
@@ -151,13 +154,15 @@ def serve(base: Path, app: str, extra: list[str] | None = None) -> Iterator[dict
     proc = subprocess.Popen(cmd, cwd=served, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        probe = f"{url}/" if app == "voila" else f"{url}/api/status?token={token}"
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{app} exited with {proc.returncode}:\n{(base / f'{app}.log').read_text()}")
             try:
-                with urllib.request.urlopen(probe, timeout=2) as r:
+                if app == "explore":  # asking Voilà for a page would start a kernel: only connect
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                    break
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -165,7 +170,7 @@ def serve(base: Path, app: str, extra: list[str] | None = None) -> Iterator[dict
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{app} did not answer in 90 s:\n{(base / f'{app}.log').read_text()}")
             time.sleep(0.3)
-        yield {"url": url, "token": token, "runtime": base / "runtime", "app": app, "served": served}
+        yield {"url": url, "token": token, "runtime": base / "runtime", "tmp": base / "tmp", "app": app}
     finally:
         _stop(proc)
         log.close()
@@ -203,11 +208,16 @@ class Kernel:
     def __init__(self, server: dict) -> None:
         from jupyter_client import BlockingKernelClient
 
-        with urllib.request.urlopen(f"{server['url']}/api/sessions?token={server['token']}", timeout=10) as r:
-            sessions = json.load(r)
-        assert len(sessions) == 1, f"expected one kernel session, got {sessions}"
-        kid = sessions[0]["kernel"]["id"]
-        self.client = BlockingKernelClient(connection_file=str(server["runtime"] / f"kernel-{kid}.json"))
+        if server["app"] == "explore":  # Voilà: the one kernel of its runtime folder
+            files = sorted(server["tmp"].glob("voila_*/kernel-*.json"))
+            assert len(files) == 1, f"expected one kernel, got {files}"
+            connection = files[0]
+        else:
+            with urllib.request.urlopen(f"{server['url']}/api/sessions?token={server['token']}", timeout=10) as r:
+                sessions = json.load(r)
+            assert len(sessions) == 1, f"expected one kernel session, got {sessions}"
+            connection = server["runtime"] / f"kernel-{sessions[0]['kernel']['id']}.json"
+        self.client = BlockingKernelClient(connection_file=str(connection))
         self.client.load_connection_file()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=30)
@@ -413,6 +423,10 @@ def interactions(d: Driver) -> list[tuple[str, object]]:
 def open_and_run(page, server: dict) -> None:
     """Open the notebook in JupyterLab or Notebook 7 and run its cell (Shift+Enter)."""
     app = server["app"]
+    if app == "explore":
+        page.goto(server["url"] + "/")
+        page.wait_for_selector(".roiviz-explorer .roiviz-image", timeout=120_000)
+        return
     path = "lab/tree" if app == "jupyterlab" else "notebooks"
     page.goto(f"{server['url']}/{path}/explorer.ipynb?token={server['token']}")
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-Notebook', timeout=90_000)
@@ -428,10 +442,12 @@ def open_and_run(page, server: dict) -> None:
     raise AssertionError("the Explorer did not appear")
 
 
-@pytest.mark.parametrize("app", ["jupyterlab", "notebook"])
+@pytest.mark.parametrize("app", ["jupyterlab", "notebook", "explore"])
 def test_the_page_shows_the_kernels_truth(app, browser, tmp_path, screenshots) -> None:
     if app == "notebook":
         pytest.importorskip("notebook", minversion="7")
+    if app == "explore":
+        pytest.importorskip("voila")
     server_gen = serve(tmp_path, app)
     server = next(server_gen)
     try:
