@@ -1170,7 +1170,7 @@ def static_figure(model: ExplorerModel) -> Any:
     cx, cy = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
     ax_map.set_xlim(cx - side / 2, cx + side / 2)
     ax_map.set_ylim(cy + side / 2, cy - side / 2)
-    ax_map.set_title("map (zoomed): kept, lost, gained", fontsize=10)
+    ax_map.set_title("map (zoomed)", fontsize=10)
     im = None
     for k, name in enumerate(names):
         ax = fig.add_subplot(gs[k // n_cols, 2 + k % n_cols])

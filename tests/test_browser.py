@@ -387,7 +387,9 @@ def interactions(d: Driver) -> list[tuple[str, object]]:
     x1, y1, x2, y2 = START_BOX
 
     def slider_right() -> None:
-        d.root.locator(".roiviz-output-size .noUi-handle").first.click()
+        handle = d.root.locator(".roiviz-output-size .noUi-handle").first
+        handle.scroll_into_view_if_needed()
+        handle.focus()
         d.page.keyboard.press("ArrowRight")
         d.page.mouse.move(5, 5)
 
