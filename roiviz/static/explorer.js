@@ -95,7 +95,7 @@ function render({ model, el: host }) {
   const state = {
     frame: null, data: new Uint8Array(0), pictureBitmap: null, mapBitmap: null, mapKey: "",
     drag: null, localBox: null, seq: 0, inflight: null, pending: null, hover: null,
-    sentAt: new Map(), latencies: [], panelCanvases: {},
+    sentAt: new Map(), latencies: [], settles: [], panelCanvases: {},
   };
   // For the benchmark: latencies of pointer move -> panels repainted, in ms.
   host.__roiviz = state;
@@ -104,6 +104,12 @@ function render({ model, el: host }) {
 
   function settledFlag() {
     const settled = !state.drag && state.inflight === null && state.pending === null;
+    if (settled && state.releasedAt !== undefined) {
+      // For the benchmark: mouse-up -> last frame painted.
+      const t = state.releasedAt;
+      state.releasedAt = undefined;
+      requestAnimationFrame(() => state.settles.push(performance.now() - t));
+    }
     host.dataset.settled = settled ? "true" : "false";
     host.dataset.seq = String(state.frame ? state.frame.seq : -1);
   }
@@ -484,7 +490,7 @@ function render({ model, el: host }) {
       picture.style.cursor = cursorFor(grab(p, f.boxes[f.active]));
       return;
     }
-    const t0 = performance.now();
+    const t0 = e.timeStamp || performance.now();  // when the input event happened
     const { g, start, box } = state.drag;
     const [ih, iw] = f.image_size;
     const dx = p.x - start.x, dy = p.y - start.y;
@@ -509,6 +515,7 @@ function render({ model, el: host }) {
 
   function release(e) {
     if (!state.drag) return;
+    state.releasedAt = e.timeStamp || performance.now();
     const b = state.localBox;
     state.drag = null;
     if (picture.hasPointerCapture && picture.hasPointerCapture(e.pointerId)) picture.releasePointerCapture(e.pointerId);
