@@ -1,113 +1,113 @@
-"""How long one box change takes in the Explorer, drawing included.
+"""How fast the Explorer answers a drag in a real browser, and how many bytes an update costs.
 
-Sets ``explorer.box`` to a sequence of varied boxes on a 128x128 photo, with all seven
-strategies shown, and times the whole synchronous update: validation, every strategy's output,
-the status line, the in-place artist updates and the Agg drawing (``backend="agg"``: the same
-figure and drawing code as with ipympl, without a browser to send the pixels to). Three paths:
+Serves a one-cell notebook with an Explorer in JupyterLab on 127.0.0.1, opens it in Debian's
+Chromium (Playwright), and drags the box with the mouse:
 
-- ``drag``: an update while the mouse drags (``model.dragging = True``): outputs, map, panels,
-  status and drawing; the metrics table waits for the release;
-- ``settled``: an update with the metrics too (a release, a slider, ``explorer.box = ...``);
-- ``inline``: ``settled`` plus encoding the PNG the inline fallback shows.
+- **pointer move -> panels repainted**: for each pointer move whose box the kernel answers, the
+  time from the input event (``event.timeStamp``) to the first animation frame after the panels
+  were repainted from the kernel's answer (kernel compute and both message trips included;
+  moves superseded while a request was in flight are dropped by design: latest wins);
+- **settle after a fast drag**: mouse-up -> the last frame painted (metrics included);
+- **bytes per update message**: every message the kernel's view sent during the drags
+  (JSON + binary buffers), measured in the kernel on the widget's comm;
+- the kernel's own compute time per box (``results.elapsed_ms``).
 
-Run::
+Not a test: it prints numbers. Run::
 
-    .venv/bin/python benchmarks/bench_explorer.py            # 128x128, stride 1, 200 boxes
-    .venv/bin/python benchmarks/bench_explorer.py --stride 8 --boxes 100 --figure explorer.png
+    .venv/bin/python benchmarks/bench_explorer.py              # 6 slow drags, 6 fast drags
+    .venv/bin/python benchmarks/bench_explorer.py --drags 10 --stride 8
 
-It prints median and 90th percentile per path (milliseconds) and, with ``--profile``, the top
-functions of a cProfile run of the settled path.
+It reuses the server and kernel helpers of ``tests/test_browser.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
+import json
+import platform
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from roiviz.images import sample_image
-from roiviz.widgets import Explorer
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import test_browser as tb  # noqa: E402
+
+RECORD = """
+_sizes = []
+_send = ex.view.comm.send
+def _recording_send(data=None, metadata=None, buffers=None, **kw):
+    _sizes.append(len(__import__('json').dumps(data, default=str)) + sum(memoryview(b).nbytes for b in (buffers or [])))
+    return _send(data=data, metadata=metadata, buffers=buffers, **kw)
+ex.view.comm.send = _recording_send
+_elapsed = []
+ex.model.observe(lambda c: _elapsed.append(c['new'].elapsed_ms) if c['new'] is not None else None, 'results')
+"""
 
 
-def random_boxes(n: int, size: int, seed: int = 0) -> list[tuple[float, float, float, float]]:
-    """``n`` boxes of varied position, size (4 to 90 % of the side) and aspect ratio, in the image."""
-    rng = np.random.default_rng(seed)
-    boxes = []
-    for _ in range(n):
-        w, h = rng.uniform(0.04, 0.9, 2) * size
-        x1, y1 = rng.uniform(0, size - w), rng.uniform(0, size - h)
-        boxes.append((round(x1, 1), round(y1, 1), round(x1 + w, 1), round(y1 + h, 1)))
-    return boxes
-
-
-def time_updates(explorer: Explorer, boxes: list, desc: str, png: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Wall and CPU time (ms) of ``explorer.box = b`` for each box: compute and redraw, all synchronous.
-
-    CPU time (``time.process_time``) is reported too because this machine is shared: under
-    load the wall time also counts the time spent waiting for a core.
-    """
-    wall, cpu = [], []
-    for box in tqdm(boxes, desc=desc, leave=False):
-        t0, c0 = time.perf_counter(), time.process_time()
-        explorer.box = box
-        if png:
-            explorer.png()  # what the inline fallback sends
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        if explorer.model.error:
-            raise RuntimeError(explorer.model.error)
-    return np.array(wall) * 1e3, np.array(cpu) * 1e3
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=128, help="image side (default: 128)")
-    p.add_argument("--stride", type=int, default=1, choices=(1, 2, 4, 8, 16))
-    p.add_argument("--output-size", type=int, default=7)
-    p.add_argument("--boxes", type=int, default=200, help="box changes per path (default: 200)")
-    p.add_argument("--figure", type=Path, help="save the Explorer's last frame as PNG here")
-    p.add_argument("--profile", action="store_true", help="print a cProfile of the settled path")
+    p.add_argument("--drags", type=int, default=6, help="slow drags and fast drags each (default: 6)")
+    p.add_argument("--stride", type=int, default=1, choices=(1, 8, 16))
     args = p.parse_args(argv)
+    from playwright.sync_api import sync_playwright
 
-    explorer = Explorer(sample_image("grace_hopper", args.size), backend="agg", stride=args.stride,
-                        output_size=args.output_size)
-    boxes = random_boxes(args.boxes, args.size)
-    warm = random_boxes(10, args.size, seed=1)
-    time_updates(explorer, warm, "warm-up")
+    base = Path(tempfile.mkdtemp(prefix="roiviz-bench-"))
+    gen = tb.serve(base, "jupyterlab")
+    server = next(gen)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=tb.CHROMIUM, args=tb.CHROMIUM_ARGS, headless=True)
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}, device_scale_factor=1).new_page()
+            tb.open_and_run(page, server)
+            kernel = tb.Kernel(server)
+            if args.stride != 1:
+                kernel.run(f"ex.model.stride = {args.stride}")
+            kernel.run(RECORD)
+            d = tb.Driver(page, kernel)
+            state = "document.querySelector('.roiviz-view').parentElement.__roiviz"
+            page.evaluate(f"() => {{ {state}.latencies.length = 0; {state}.settles.length = 0; }}")
+            for k in range(args.drags):  # slow drags: one move per 30 ms, as a hand does
+                dx = 20 if k % 2 == 0 else -20
+                d.drag((65 if dx > 0 else 85, 55), (65 + dx if dx > 0 else 65, 70), steps=30, pause_ms=30)
+                tb.settle(page, kernel)
+            slow = page.evaluate(f"() => {state}.latencies.slice()")
+            page.evaluate(f"() => {{ {state}.settles.length = 0; }}")
+            for k in range(args.drags):  # fast drags: moves as fast as the browser takes them
+                dx = 25 if k % 2 == 0 else -25
+                d.drag((65 if dx > 0 else 90, 55), (90 if dx > 0 else 65, 60), steps=10, pause_ms=0)
+                tb.settle(page, kernel)
+            settles = page.evaluate(f"() => {state}.settles.slice()")
+            sizes = json.loads(kernel.run("print(__import__('json').dumps(_sizes))"))
+            elapsed = json.loads(kernel.run("print(__import__('json').dumps(_elapsed))"))
+            kernel.close()
+            browser.close()
+    finally:
+        gen.close()
 
-    results = {}
-    explorer.model.dragging = True
-    results["drag"] = time_updates(explorer, boxes, "drag")
-    explorer.model.dragging = False
-    results["settled"] = time_updates(explorer, boxes, "settled")
-    compute_ms = []
-    for box in boxes[:50]:
-        explorer.box = box
-        compute_ms.append(explorer.model.results.elapsed_ms)
-    results["inline"] = time_updates(explorer, boxes[:50], "inline", png=True)
+    def stats(a: list[float]) -> str:
+        a = np.asarray(a, dtype=float)
+        return f"median {np.median(a):6.1f}  p90 {np.percentile(a, 90):6.1f}  max {a.max():6.1f}  (n={len(a)})"
 
-    print(f"Explorer box change: {args.size}x{args.size} grace_hopper, stride {args.stride}, "
-          f"{len(explorer.model.strategies)} strategies, output {args.output_size}x{args.output_size}, "
-          f"{args.boxes} varied boxes, full draws {explorer.draw_count}, partial redraws {explorer.blit_count}")
-    for name, (wall, cpu) in results.items():
-        print(f"  {name:8s} wall median {np.median(wall):6.1f} ms  p90 {np.percentile(wall, 90):6.1f} ms"
-              f"   cpu median {np.median(cpu):6.1f} ms  p90 {np.percentile(cpu, 90):6.1f} ms   (n={len(wall)})")
-    print(f"  of which computing (outputs + metrics), settled: median {np.median(compute_ms):.1f} ms wall")
-    if args.figure:
-        args.figure.write_bytes(explorer.png())
-        print(f"  last frame: {args.figure}")
-    if args.profile:
-        prof = cProfile.Profile()
-        prof.enable()
-        time_updates(explorer, boxes[:50], "profile")
-        prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    print(f"Explorer in JupyterLab + Chromium, 128x128 photo, stride {args.stride}, output 7x7, "
+          f"every strategy; CPU: {cpu_model()}")
+    print(f"  pointer move -> panels repainted, ms : {stats(slow)}")
+    print(f"  settle after a fast drag (mouse-up), ms: {stats(settles)}")
+    print(f"  kernel compute per box, ms           : {stats(elapsed)}")
+    print(f"  bytes per update message             : {stats(sizes)}  (limit 16384)")
     return 0
 
 

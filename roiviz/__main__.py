@@ -1,4 +1,4 @@
-"""The ``roiviz`` command: ``roiviz demo``, ``roiviz bench`` and ``roiviz experiment``.
+"""The ``roiviz`` command: ``roiviz demo``, ``bench``, ``experiment`` and ``explore``.
 
 Each subcommand lives with its idea (:mod:`roiviz.demo`, :mod:`roiviz.bench`,
 :mod:`roiviz.experiments`) and exposes ``main(argv) -> int``; this module only dispatches,
@@ -14,11 +14,12 @@ COMMANDS = {
     "demo": ("roiviz.demo", "write the main figures as PNG files"),
     "bench": ("roiviz.bench", "time every op and strategy (against torchvision when installed)"),
     "experiment": ("roiviz.experiments", "train a small head per strategy and compare them"),
+    "explore": ("roiviz.explore", "the Explorer alone on a page (Voila), e.g. for a projector"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: roiviz {demo,bench,experiment} [options]", "", "commands:"]
+    lines = ["usage: roiviz {demo,bench,experiment,explore} [options]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'roiviz COMMAND --help' for a command's options."]
     return "\n".join(lines)

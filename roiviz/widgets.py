@@ -1,28 +1,24 @@
 """The drag-to-resize Explorer: drag a box over a picture, see every strategy's output at once.
 
 >>> from roiviz.widgets import Explorer
->>> ex = Explorer("checkerboard", backend="inline")
+>>> ex = Explorer("checkerboard")
 >>> ex.box = (10, 20, 60, 90)          # exactly what a drag does
->>> ex.status.value.split(" · ")[0]
+>>> ex.status.split(" · ")[0]
 'box (x1, y1, x2, y2) = (10.0, 20.0, 60.0, 90.0)'
 
-Two layers, as in the ipywidgets tutorial on object-oriented widgets:
+Two layers:
 
 - :class:`ExplorerModel` (``traitlets.HasTraits``) holds the state -- the boxes in *image
   pixels*, the active one as the ``box`` trait (validated: clamped into the image, a zero width
   or height widened to one pixel, with a visible ``message``), the output size, ROI Align's
   ``sampling_ratio`` and ``aligned``, the ``stride`` of the feature map, the ``channel`` shown --
   and recomputes ``results`` (every strategy's output and metrics) synchronously on each change.
-  It needs no browser: set a trait, read ``results``.
-- :class:`Explorer` (an ``ipywidgets.VBox``) is the view: one matplotlib figure (the picture
-  with its boxes, the map the strategies see, one panel per strategy) and the controls, joined
-  to the model with ``link``/``observe``. With ipympl the figure is a live canvas and the box is
-  a :class:`matplotlib.widgets.RectangleSelector` you drag and resize by its handles; without
-  ipympl (``backend="inline"``) the figure is re-rendered as a PNG and the sliders move the box.
-
-Redraws only change artists in place (``set_data``, ``set_bounds``, ``set_offsets``,
-``set_text``) and ask for one ``draw_idle``. Errors are shown in an ``Output`` widget and in
-the status line, never swallowed.
+  It also decides every colour (:meth:`ExplorerModel.color_scale`) and which input cells each
+  output cell reads (:func:`read_windows`). It needs no browser: set a trait, read ``results``.
+- :class:`Explorer` (an ``ipywidgets.VBox``) is the view: an :class:`ExplorerView` (anywidget:
+  ``roiviz/static/explorer.js`` draws on canvases, in the browser, the numbers the model
+  computed) and ipywidgets controls linked to the model. The browser draws a drag at once and
+  sends the box back throttled, latest wins; every number it shows comes from the kernel.
 """
 
 from __future__ import annotations
@@ -33,25 +29,24 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anywidget
 import ipywidgets as W
-import matplotlib.colors
-import matplotlib.image
 import numpy as np
 import torch
 import traitlets as T
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from . import viz
 from ._checks import trusted_boxes
 from ._threads import torch_threads
+from .metrics import box_cells
 from .ops.roi_align import roi_align
+from .reference import roi_pool_bins
 from .strategies import STRATEGIES
 
-__all__ = ["Explorer", "ExplorerModel", "ExplorerResult", "sample_points"]
+__all__ = ["Explorer", "ExplorerModel", "ExplorerResult", "ExplorerView", "read_windows", "sample_axes", "sample_points", "static_figure"]
 
 Box = tuple[float, float, float, float]
 STRIDES = (1, 2, 4, 8, 16)
@@ -95,6 +90,11 @@ class ExplorerResult:
     samples: np.ndarray
     samples_outside: np.ndarray
     elapsed_ms: float
+    #: ROI Align's sample coordinates along each axis, ``(xs [PW * GW], ys [PH * GH])``, in map
+    #: drawing coordinates: the samples are their outer product (``samples`` lists them all).
+    sample_axes: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
+    #: The box's cells (centre rule), ``(x0, y0, x1, y1)`` exclusive ends, on the map.
+    box_region: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def sample_points(
@@ -244,7 +244,32 @@ class ExplorerModel(T.HasTraits):
             self.active = 0
             self.box = self.boxes[0]
         self._ready = True
+        self._held = 0  # > 0 inside batch(): recompute once at the end
+        self._missed = False
+        self._scales: dict[tuple[int, int], tuple[str, float, float]] = {}
         self.recompute()
+
+    def batch(self) -> Any:
+        """A context in which trait changes recompute once, at the end (a drag sets two traits)."""
+        model = self
+
+        class _Batch:
+            def __enter__(self) -> None:
+                model._held += 1
+
+            def __exit__(self, *exc: Any) -> None:
+                model._held -= 1
+                if model._held == 0 and model._missed:
+                    model._missed = False
+                    model.recompute()
+
+        return _Batch()
+
+    def drag(self, box: Sequence[float], dragging: bool) -> None:
+        """What the mouse does: move the active box, with ``dragging`` set, in one recomputation."""
+        with self.batch():
+            self.dragging = dragging
+            self.box = box
 
     # ---------------------------------------------------------------- what the strategies see
     @property
@@ -421,9 +446,11 @@ class ExplorerModel(T.HasTraits):
         y0, x0, ch, cw = q.crop
         region = (x0, y0, x0 + cw, y0 + ch)
         xy, outside, _ = sample_points(box, size, scale, self.sampling_ratio, self.aligned, h, w)
+        axes = sample_axes(box, size, scale, self.sampling_ratio, self.aligned)
+        by0, by1, bx0, bx1 = box_cells(box, scale, h, w)
         return ExplorerResult(box, viz.box_in_map(box, scale), scale,
                               {name: out[0].numpy() for name, out in outputs.items()}, metrics, q, region, xy,
-                              outside, (time.perf_counter() - t0) * 1e3)
+                              outside, (time.perf_counter() - t0) * 1e3, axes, (bx0, by0, bx1, by1))
 
     def _strategy(self, name: str) -> Any:
         if name == "roi_align":  # honour the sampling_ratio and aligned controls
@@ -433,11 +460,86 @@ class ExplorerModel(T.HasTraits):
 
     def recompute(self) -> None:
         """Recompute ``results`` now; a failure goes to ``error`` (and the view shows it)."""
+        if self._held:
+            self._missed = True
+            return
         try:
             self.results = self.compute(metrics=not self.dragging)
             self.error = ""
         except Exception:
             self.error = traceback.format_exc()
+
+    # ---------------------------------------------------------------- colours (what the view paints)
+    def color_scale(self) -> tuple[str, float, float]:
+        """How the map and every panel are coloured: ``(kind, lo, hi)``, one scale for all.
+
+        ``kind`` is ``"rgb"`` for a colour photo at stride 1 shown as colour (each channel
+        ``lo..hi``, at least 0..1, to 0..255), else ``"map"`` (one value per cell through viridis). The range
+        is every value a strategy can produce for the view, not just the map's: per channel a
+        strategy's output lies within ``[min(c_min, 0), max(c_max, 0)]`` (averages, bilinear
+        taps and maxima stay in the channel's range; zero fill adds 0), so the channel-mean view
+        spans the mean of those bounds. Max-based strategies (``roi_pool``, ``adaptive_max``)
+        therefore never saturate, and a colour means the same value in every panel and box.
+
+        Examples
+        --------
+        >>> ExplorerModel("checkerboard", size=16).color_scale()
+        ('map', 0.0, 1.0)
+        """
+        key = (self.stride, self.channel)
+        if key not in self._scales:
+            x = self.input[0].reshape(self.input.shape[1], -1)
+            lows = torch.clamp(x.min(dim=1).values, max=0.0).double()
+            highs = torch.clamp(x.max(dim=1).values, min=0.0).double()
+            if self._rgb_view():
+                # A photo's own 0..1 (wider if its values are): its true colours.
+                kind, lo, hi = "rgb", float(lows.min()), max(float(highs.max()), 1.0)
+            elif self.channel >= 0:
+                kind, lo, hi = "map", float(lows[self.channel]), float(highs[self.channel])
+            else:
+                kind, lo, hi = "map", float(lows.mean()), float(highs.mean())
+            self._scales[key] = (kind, lo, hi if hi > lo else lo + 1.0)
+        return self._scales[key]
+
+    def color_scale_note(self) -> str:
+        """One sentence saying what the colour scale spans (shown under the colour bar)."""
+        if self._rgb_view():
+            return "the photo's colours"
+        if self.channel < 0 and self.n_channels > 1:
+            return (f"Cells show the mean of {self.n_channels} channels; the scale spans the mean of each "
+                    "channel's min..max (and 0), so max-based panels never saturate.")
+        return "The scale spans the channel's min..max (and 0): no panel can saturate."
+
+    def _rgb_view(self) -> bool:
+        return self.stride == 1 and self.channel < 0 and self.is_image and self.n_channels == 3
+
+    def shown(self, values: np.ndarray) -> np.ndarray:
+        """What the view shows of a ``[C, h, w]`` array: ``h x w x 3`` (colour), the channel
+        chosen, or the mean over channels (float32)."""
+        v = np.asarray(values, dtype=np.float32)
+        if self._rgb_view():
+            return np.moveaxis(v, 0, -1)
+        if self.channel >= 0:
+            return v[self.channel]
+        return v.mean(axis=0, dtype=np.float32) if v.shape[0] > 1 else v[0]
+
+    def map_bytes(self) -> np.ndarray:
+        """The map the strategies see as ``h x w x 3`` RGB bytes, on :meth:`color_scale`."""
+        kind, lo, hi = self.color_scale()
+        shown = self.shown(self.input[0].numpy())
+        if kind == "rgb":
+            return rgb_bytes(shown, (lo, hi))
+        return _viridis_lut()[color_index(shown, (lo, hi))]
+
+    def picture_bytes(self) -> np.ndarray:
+        """The picture the boxes are drawn on, ``H x W x C`` bytes (C 1 or 3): the photo, or a
+        feature map given directly as its channel mean through viridis."""
+        if self.is_image:
+            a = np.clip(np.moveaxis(self.picture.numpy(), 0, -1), 0.0, 1.0)
+            return np.round(a * 255).astype(np.uint8)
+        shown = self.picture.numpy().mean(axis=0)
+        lo, hi = float(shown.min()), float(shown.max())
+        return _viridis_lut()[color_index(shown, (lo, hi if hi > lo else lo + 1))]
 
     # ---------------------------------------------------------------- text
     def status(self) -> str:
@@ -465,26 +567,316 @@ class ExplorerModel(T.HasTraits):
         return " · ".join(parts)
 
 
+
+
+def sample_axes(
+    box: Sequence[float], output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ROI Align's sample coordinates along x and y, ``(xs [PW * GW], ys [PH * GH])``.
+
+    In drawing coordinates, bin by bin; the samples are every ``(x, y)`` pair, the same points
+    as :func:`sample_points` (which lists them all). The Explorer sends these two short axes
+    to the browser instead of thousands of points.
+
+    Examples
+    --------
+    >>> xs, ys = sample_axes((0, 0, 4, 4), (1, 1), 1.0, 2, True)
+    >>> xs.tolist(), ys.tolist()
+    ([1.0, 3.0], [1.0, 3.0])
+    """
+    ph_n, pw_n = output_size
+    # One bin row and one bin column: the grid is separable (see sample_points for the rule).
+    xy_row, _, _ = sample_points(box, (1, pw_n), spatial_scale, sampling_ratio, aligned, 1, 1)
+    xy_col, _, _ = sample_points(box, (ph_n, 1), spatial_scale, sampling_ratio, aligned, 1, 1)
+    xs = np.unique(xy_row[:, 0]) if len(xy_row) else np.empty(0)
+    ys = np.unique(xy_col[:, 1]) if len(xy_col) else np.empty(0)
+    return xs, ys
+
+
+def read_windows(
+    name: str, box: Sequence[float], output_size: int, spatial_scale: float, height: int, width: int,
+    sampling_ratio: int = 2, aligned: bool = True,
+) -> np.ndarray:
+    """The input cells each output row and column of strategy ``name`` reads.
+
+    Every strategy is separable: output cell ``(i, j)`` reads rows ``[r0[i], r1[i])`` and
+    columns ``[c0[j], c1[j])`` of the map (possibly empty, e.g. ``crop``'s zero fill). Returns
+    ``int16 [4, n]``: ``r0, r1, c0, c1``. For ROI Align these are the cells its bilinear taps
+    touch; for a strategy not listed here, the cells with a non-zero gradient (a probe).
+
+    Examples
+    --------
+    >>> read_windows("adaptive_avg", (0, 0, 4, 4), 2, 1.0, 8, 8).tolist()  # crop 0..4: 5 cells
+    [[0, 2], [3, 5], [0, 2], [3, 5]]
+    >>> read_windows("crop", (0, 0, 1, 1), 3, 1.0, 8, 8).tolist()  # 2 cells, then zero fill
+    [[0, 1, 0], [1, 2, 0], [0, 1, 0], [1, 2, 0]]
+    """
+    from .boxes import crop_bounds
+
+    n = output_size
+    i = np.arange(n)
+    rois = torch.tensor([[0.0, *(float(v) for v in box)]], dtype=torch.float32)
+    y0, x0, h, w = (int(v) for v in crop_bounds(rois, spatial_scale, height, width))
+
+    def crop_like(start: int, size: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        r = i + offset
+        ok = (r >= 0) & (r < size)
+        return np.where(ok, start + r, 0), np.where(ok, start + r + 1, 0)
+
+    def axis(start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if name == "crop":
+            return crop_like(start, size, 0)
+        if name == "pad":
+            return crop_like(start, size, (size - n) // 2)
+        if name in ("adaptive_max", "adaptive_avg"):
+            if size == 0:
+                return np.zeros(n, int), np.zeros(n, int)
+            return start + (i * size) // n, start + -((-(i + 1) * size) // n)
+        if name == "resize":
+            if size == 0:
+                return np.zeros(n, int), np.zeros(n, int)
+            src = np.maximum(np.float32(size) / np.float32(n) * (i.astype(np.float32) + np.float32(0.5))
+                             - np.float32(0.5), 0).astype(np.float32)
+            i0 = src.astype(int)
+            i1 = i0 + (i0 < size - 1)
+            return start + i0, start + i1 + 1
+        raise KeyError(name)
+
+    if name == "roi_pool":
+        bins = roi_pool_bins(rois[0], n, n, spatial_scale, height, width)
+        rows = np.array([bins[k][0][:2] for k in range(n)]).T
+        cols = np.array([bins[0][k][2:] for k in range(n)]).T
+        return np.concatenate([rows, cols]).astype(np.int16)
+    if name == "roi_align":
+        xs, ys = sample_axes(box, (n, n), spatial_scale, sampling_ratio, aligned)
+        out = []
+        for coords, size in ((ys, height), (xs, width)):
+            per = coords.reshape(n, -1) - 0.5  # index coordinates of each bin's samples
+            ok = (per >= -1.0) & (per <= size)  # beyond: the sample reads 0, no cell
+            lo = np.clip(np.floor(np.where(ok, per, np.inf)).min(1), 0, size - 1)
+            hi = np.clip(np.floor(np.where(ok, per, -np.inf)).max(1) + 1, 0, size - 1)
+            empty = ~ok.any(1)
+            out += [np.where(empty, 0, lo), np.where(empty, 0, hi + 1)]
+        return np.array(out).astype(np.int16)
+    if name in ("crop", "pad", "adaptive_max", "adaptive_avg", "resize"):
+        r0, r1 = axis(y0, h)
+        c0, c1 = axis(x0, w)
+        return np.array([r0, r1, c0, c1]).astype(np.int16)
+    return _windows_by_gradient(name, rois, n, spatial_scale, height, width)
+
+
+def _windows_by_gradient(name: str, rois: torch.Tensor, n: int, scale: float, height: int, width: int) -> np.ndarray:
+    """Rows and columns with a non-zero gradient, per output row and column (any smooth strategy)."""
+    x = torch.rand(1, 1, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    x.requires_grad_(True)
+    out = STRATEGIES[name](x, rois.double(), n, scale)[0, 0]  # [n, n]
+    windows = np.zeros((4, n), np.int16)
+    for k in range(n):
+        for axis_, sel in ((0, out[k, :]), (1, out[:, k])):
+            (g,) = torch.autograd.grad(sel.sum(), x, retain_graph=True)
+            used = (g[0, 0] != 0).any(dim=1 - axis_).nonzero().flatten()
+            if len(used):
+                windows[2 * axis_, k], windows[2 * axis_ + 1, k] = int(used.min()), int(used.max()) + 1
+    return windows
+
+
+#: matplotlib's viridis as 256 RGB bytes: the colours of every single-channel view.
+def _viridis_lut() -> np.ndarray:
+    import matplotlib
+
+    return np.asarray(matplotlib.colormaps["viridis"](np.arange(256), bytes=True))[:, :3].copy()
+
+
+def color_index(values: np.ndarray, clim: tuple[float, float]) -> np.ndarray:
+    """Index into the 256-colour map of each value, as matplotlib's ``Normalize`` + colormap pick it.
+
+    Values below ``clim`` take the first colour and above it the last (no saturation happens with
+    the Explorer's scale, which spans every value a strategy can produce).
+
+    Examples
+    --------
+    >>> color_index(np.array([0.0, 0.5, 1.0, 2.0]), (0.0, 1.0)).tolist()
+    [0, 128, 255, 255]
+    """
+    f = np.float32
+    lo, hi = f(clim[0]), f(clim[1])
+    x = (np.asarray(values, dtype=f) - lo) / (hi - lo)
+    x = x * f(256)
+    x[x == 256] = 255
+    x = np.clip(x, -1, 256).astype(int)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def rgb_bytes(values: np.ndarray, clim: tuple[float, float]) -> np.ndarray:
+    """``... x 3`` RGB values mapped linearly from ``clim`` to bytes 0..255 (rounded)."""
+    lo, hi = clim
+    return np.round(np.clip((np.asarray(values, np.float64) - lo) / (hi - lo), 0.0, 1.0) * 255).astype(np.uint8)
+
 # ================================================================================================
 # The view
 # ================================================================================================
 
+STATIC = Path(__file__).parent / "static"
 
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+#: The metrics table's columns: (header, field, format, unit, what it measures) -- the tooltips.
+METRIC_COLUMNS = (
+    ("coverage", "coverage", "{:.1%}", "% of box", "share of the box's cells that influence the output (from its gradient)"),
+    ("leak", "leak", "{:d}", "cells", "cells outside the box that influence the output"),
+    ("q_lost", "quant_lost", "{:d}", "cells", "box cells dropped by ROI Pool's integer rounding of the box"),
+    ("q_gained", "quant_gained", "{:d}", "cells", "cells outside the box added by ROI Pool's integer rounding"),
+    ("aspect", "aspect_distortion", "{:+.3f}", "log ratio", "log((box w/h) / (PW/PH)) of the region the output is stretched from; 0: no stretch"),
+    ("PSNR", "psnr", "{:.1f}", "dB", "the output resized back onto the box, compared with the true crop (higher: closer)"),
+    ("misalign", "misalignment", "{:.2f}", "cells", "mean distance a point feature moves between box and output, in input cells"),
+)
 
 
-def _ipympl_available() -> bool:
-    try:
-        import ipympl.backend_nbagg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def metrics_html(table: Any) -> str:
+    """The metrics table as styled HTML: aligned numbers, a unit under each header, a tooltip
+    (``title``) per column saying what it measures.
+
+    Examples
+    --------
+    >>> m = ExplorerModel("checkerboard", size=32, output_size=2, strategies=["crop"])
+    >>> html_ = metrics_html(m.results.metrics)
+    >>> 'title="share of the box' in html_ and "<td>crop</td>" in html_
+    True
+    """
+    import html
+
+    head = '<th title="the strategy">strategy</th>' + "".join(
+        f'<th title="{html.escape(tip)}">{html.escape(h)}<br><small>{html.escape(unit)}</small></th>'
+        for h, _, _, unit, tip in METRIC_COLUMNS)
+    rows = []
+    for m in table:
+        cells = [f"<td>{html.escape(m.strategy)}</td>"]
+        for _, field, fmt, _, _ in METRIC_COLUMNS:
+            v = getattr(m, field)
+            bad = v is None or (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, int) and v == -1)
+            cells.append(f"<td>{'n/a' if bad else html.escape(fmt.format(v))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="roiviz-metrics-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            "<caption>hover a column header for what it measures</caption></table>")
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+class ExplorerView(anywidget.AnyWidget):
+    """The drawing part of the Explorer: an ES module (``roiviz/static/explorer.js``) that draws
+    the picture, the boxes, the map and the strategy panels on canvases from the numbers of an
+    :class:`ExplorerModel`, and sends the dragged box back.
+
+    What it sends to the browser: the picture once (``picture``), the map at the current stride
+    and channel when they change (``map_image``), and per update one ``frame`` (JSON: boxes,
+    status, metrics table, layout, offsets) with one binary ``frame_data`` (the panels' colours
+    and values, read windows, sample axes: a few KB, see :meth:`frame_payload`).
+    """
+
+    _esm = STATIC / "explorer.js"
+    _css = STATIC / "explorer.css"
+
+    picture = T.Bytes(b"").tag(sync=True)
+    picture_shape = T.List(T.Int(), [0, 0, 3]).tag(sync=True)
+    #: CSS pixels per image pixel.
+    scale = T.Float(3.0).tag(sync=True)
+    lut = T.Bytes(b"").tag(sync=True)
+    map_image = T.Bytes(b"").tag(sync=True)
+    frame = T.Dict().tag(sync=True)
+    frame_data = T.Bytes(b"").tag(sync=True)
+
+    def __init__(self, model: ExplorerModel, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.seq = 0  # the last box request from the browser this frame answers
+        self.frames_sent = 0
+        self._map_key: tuple[int, int] | None = None
+        self.lut = _bytes(_viridis_lut())
+        ih, iw = model.image_size
+        self.scale = float(max(1.0, 384.0 / max(ih, iw)))
+        pic = model.picture_bytes()
+        self.picture_shape = list(pic.shape)
+        self.picture = _bytes(pic)
+
+    def frame_payload(self) -> tuple[dict[str, Any], bytes]:
+        """The ``frame`` and ``frame_data`` of the model's current state (what one update sends).
+
+        ``frame_data`` holds, in this order (offsets in ``frame``): float32 values of each panel
+        (single-channel views) and ROI Align's sample axes; int16 read windows of each panel
+        (:func:`read_windows`); the colour of each panel cell (an index into ``lut``, or RGB
+        bytes for a colour photo), computed here so that the browser only paints.
+        """
+        m, r = self.model, self.model.results
+        ih, iw = m.image_size
+        frame: dict[str, Any] = {
+            "seq": self.seq, "status": m.status(), "error": bool(m.error), "image_size": [ih, iw],
+            "boxes": [list(b) for b in m.boxes], "active": m.active, "output_size": m.output_size,
+            "panels": [],
+        }
+        if r is None:
+            frame["metrics"] = ""
+            return frame, b""
+        kind, lo, hi = m.color_scale()
+        h, w = m.input.shape[-2:]
+        frame.update(
+            map={"h": int(h), "w": int(w), "key": f"{m.stride},{m.channel}"},
+            scale={"kind": kind, "lo": lo, "hi": hi, "note": m.color_scale_note()},
+            map_box=list(r.map_box), region=list(r.region), box_region=list(r.box_region),
+        )
+        if not m.strategies:
+            frame["metrics"] = "<p><i>no strategy selected</i></p>"
+        elif r.metrics is not None:
+            frame["metrics"] = metrics_html(r.metrics)
+            self._last_metrics = frame["metrics"]
+        else:
+            frame["metrics"] = ("<p><i>dragging: the metrics follow when you release the box</i></p>"
+                                + getattr(self, "_last_metrics", ""))
+        floats: list[np.ndarray] = []
+        shorts: list[np.ndarray] = []
+        colors: list[np.ndarray] = []
+        n_float = 0
+        panels = []
+        for name, out in r.outputs.items():
+            shown = m.shown(out)
+            entry: dict[str, Any] = {"name": name, "values_off": -1}
+            if kind == "rgb":
+                colors.append(rgb_bytes(shown, (lo, hi)).ravel())
+            else:
+                entry["values_off"] = 4 * n_float
+                floats.append(shown.astype(np.float32).ravel())
+                n_float += shown.size
+                colors.append(color_index(shown, (lo, hi)).ravel())
+            shorts.append(read_windows(name, r.box, m.output_size, r.spatial_scale, int(h), int(w),
+                                       m.sampling_ratio, m.aligned).ravel())
+            panels.append(entry)
+        xs, ys = r.sample_axes
+        frame["samples"] = {"shown": "roi_align" in m.strategies, "nx": len(xs), "ny": len(ys),
+                            "x_off": 4 * n_float, "y_off": 4 * (n_float + len(xs)),
+                            "grid": [len(ys) // max(m.output_size, 1), len(xs) // max(m.output_size, 1)]}
+        floats += [xs.astype(np.float32), ys.astype(np.float32)]
+        f_bytes = b"".join(_bytes(a) for a in floats)
+        off = len(f_bytes)
+        for entry, a in zip(panels, shorts, strict=True):
+            entry["win_off"] = off
+            off += 2 * a.size
+        s_bytes = b"".join(_bytes(a) for a in shorts)
+        for entry, a in zip(panels, colors, strict=True):
+            entry["colors_off"] = off
+            off += a.size
+        frame["panels"] = panels
+        return frame, f_bytes + s_bytes + b"".join(_bytes(a) for a in colors)
+
+    def push(self) -> None:
+        """Send the model's current state (one message; the map too when stride or channel changed)."""
+        frame, data = self.frame_payload()
+        with self.hold_sync():
+            key = (self.model.stride, self.model.channel)
+            if key != self._map_key and self.model.results is not None:
+                self.map_image = _bytes(self.model.map_bytes())
+                self._map_key = key
+            self.frame = frame
+            self.frame_data = data
+        self.frames_sent += 1
 
 
 class Explorer(W.VBox):
@@ -494,14 +886,6 @@ class Explorer(W.VBox):
     ----------
     image_or_features : array, Tensor or str
         See :class:`ExplorerModel` (a picture, a sample name, or a feature map).
-    backend : {"auto", "ipympl", "inline", "agg"}
-        ``"ipympl"``: a live canvas with a draggable, resizable RectangleSelector.
-        ``"inline"``: the figure re-rendered as a PNG (an ``Image`` widget) after each change;
-        the sliders move the box. ``"agg"``: draw on an Agg canvas only, nothing to display
-        the figure (benchmarks, saving). ``"auto"`` picks ipympl inside a Jupyter kernel when
-        it is installed, else inline.
-    continuous_update : bool
-        With ipympl, update while dragging (not only on release).
     **model_kwargs
         ``boxes``, ``strategies``, ``output_size``, ``sampling_ratio``, ``aligned``, ``stride``,
         ``channel``, ``spatial_scale``, ``size`` (of a sample image): see :class:`ExplorerModel`.
@@ -509,152 +893,44 @@ class Explorer(W.VBox):
     Attributes
     ----------
     model : ExplorerModel
-    figure : matplotlib.figure.Figure
-    image_ax, map_ax : Axes
-        The picture with every ROI (data coordinates are image pixels); the map the strategies
-        see, zoomed on the active box, with the cells ROI Pool keeps (white frame), loses (red)
-        and gains (blue), and ROI Align's sample points (orange).
-    panels : roiviz.viz.StrategyPanels
-        One panel per strategy, hidden when the strategy is not shown.
-    selector : RectangleSelector or None
-        The draggable box (ipympl only).
-    status : ipywidgets.Label
-        CSS class ``roiviz-status``; starts with ``box (x1, y1, x2, y2) = (...)``.
-    metrics_html : ipywidgets.HTML
-        CSS class ``roiviz-metrics``: the metrics table of the shown strategies.
+        The state and every computed number (the single source of truth).
+    view : ExplorerView
+        The canvases (an anywidget): the picture (CSS class ``roiviz-image``), the map, the
+        panels (``roiviz-panels``), the colour bar, the status (``roiviz-status``), the metrics
+        table and the hover line.
     errors : ipywidgets.Output
         CSS class ``roiviz-errors``: tracebacks of failed updates.
 
     Notes
     -----
-    Drawing is split like matplotlib's blitting tutorial: titles, the picture and the axes are
-    drawn once into a background; a box change restores it and draws only the changed artists
-    (marked ``animated``). Anything that changes the layout (output size, strategies shown,
-    stride, channel) redraws the whole figure once.
+    The browser draws a drag at once and sends the box with at most one request in flight
+    (latest wins); the model validates it and recomputes; the view sends back the new numbers.
+    In a notebook saved with its outputs, the Explorer also leaves a static PNG (drawn with
+    matplotlib from the model, :func:`static_figure`) for readers without a kernel.
     """
 
-    def __init__(self, image_or_features: Any, *, backend: str = "auto", continuous_update: bool = True,
-                 figsize: tuple[float, float] = (10.0, 4.4), dpi: float = 80, **model_kwargs: Any) -> None:
-        if backend not in ("auto", "ipympl", "inline", "agg"):
-            raise ValueError(f"backend must be 'auto', 'ipympl', 'inline' or 'agg', got {backend!r}")
-        if backend == "auto":
-            backend = "ipympl" if _in_kernel() and _ipympl_available() else "inline"
-        if backend == "ipympl" and not _ipympl_available():
-            raise ValueError("backend='ipympl' needs the ipympl package; install it or use backend='inline'")
+    def __init__(self, image_or_features: Any, **model_kwargs: Any) -> None:
         self.model = ExplorerModel(image_or_features, **model_kwargs)
-        self.backend = backend
-        self.continuous_update = continuous_update
-        self._syncing = False  # True while the view writes back a value the model just sent
-        self._dragging = False
-        self._background: Any = None  # the static part of the figure, for blitting
-        self._layout_key: tuple[Any, ...] | None = None
-        self._map_key: tuple[int, int] | None = None
-        self._metrics_table = ""
-        self.draw_count = 0  # full draws
-        self.blit_count = 0  # partial redraws of the changed artists
-
-        self.figure = Figure(figsize=figsize, dpi=dpi)
-        self.canvas: Any = None
-        self.picture: W.Image | None = None
-        if backend == "ipympl":
-            from ipympl.backend_nbagg import Canvas, FigureManager
-
-            self.canvas = Canvas(self.figure)
-            FigureManager(self.canvas, 0)  # wires the canvas to ipympl's front-end protocol
-            self.canvas.header_visible = False
-            self.canvas.footer_visible = False
-            self.canvas.toolbar_visible = False
-            self.canvas.resizable = False  # a stable layout for the mouse (and for tests)
-            self.canvas.add_class("roiviz-canvas")
-            figure_view: list[W.Widget] = [self.canvas]
-        else:
-            FigureCanvasAgg(self.figure)
-            if backend == "inline":
-                self.picture = W.Image(format="png")
-                self.picture.add_class("roiviz-picture")
-                figure_view = [self.picture]
-            else:
-                figure_view = []
-        self.figure.canvas.mpl_connect("draw_event", self._on_draw_event)
-        self._build_figure()
+        self.view = ExplorerView(self.model)
+        self._syncing = False
         self._build_controls()
-        super().__init__([self.status, *figure_view, self._controls_box, self.metrics_html, self.errors])
+        self.errors = W.Output()
+        self.errors.add_class("roiviz-errors")
+        super().__init__([self.view, self._controls_box, self.errors])
         self.add_class("roiviz-explorer")
-        self.model.observe(self._on_results, "results")
-        self.model.observe(self._on_error, "error")
-        self.model.observe(self._on_boxes, "boxes")
-        self.model.observe(self._on_model_strategies, "strategies")
-        self.model.observe(self._on_stride, "stride")
-        self.model.observe(self._on_message, "message")
-        self._render()
-
-    # ---------------------------------------------------------------- figure
-    def _build_figure(self) -> None:
         m = self.model
-        fig = self.figure
-        fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.02, wspace=0.08, hspace=0.2)
-        gs = fig.add_gridspec(2, 6)
-        self.image_ax = fig.add_subplot(gs[:, :2])
-        self.map_ax = fig.add_subplot(gs[0, 2])
-        slots = [gs[0, 3], gs[0, 4], gs[0, 5], gs[1, 2], gs[1, 3], gs[1, 4], gs[1, 5]]
-        # Metrics go in the HTML table under the figure: text is the slowest thing Agg draws.
-        self.panels = viz.StrategyPanels([fig.add_subplot(s) for s in slots], list(STRATEGIES), fontsize=9,
-                                         show_metrics=False)
-        for ax in fig.axes:
-            ax.set_axis_off()  # no ticks or frames: nothing to read there, and cheaper to draw
-
-        ih, iw = m.image_size
-        self._picture_image = self.image_ax.imshow(np.zeros((1, 1)), extent=(0, iw, ih, 0), cmap="gray",
-                                                   interpolation="nearest")
-        self.image_ax.set_xlim(0, iw)
-        self.image_ax.set_ylim(ih, 0)
-        self._box_artists = viz.draw_boxes(self.image_ax, [], linewidth=2.0)
-
-        ax = self.map_ax
-        self._map_image = ax.imshow(np.zeros((1, 1)), cmap="viridis", interpolation="nearest", extent=(0, 1, 1, 0))
-        self._cells = ax.imshow(np.zeros((1, 1, 4)), interpolation="nearest", extent=(0, 1, 1, 0), zorder=2)
-        self._region = Rectangle((0, 0), 1, 1, fill=False, edgecolor="white", linewidth=1.5, zorder=3)
-        self._map_box = Rectangle((0, 0), 1, 1, fill=False, edgecolor=viz.BOX_COLORS[0], linewidth=1.5,
-                                  linestyle="--", zorder=4)
-        ax.add_patch(self._region)
-        ax.add_patch(self._map_box)
-        self._samples = ax.scatter(np.empty(0), np.empty(0), s=4, color="#ff9f0a", zorder=5, linewidths=0)
-        ax.set_title("map (zoomed)", fontsize=9)
-        self._animated = [self._map_image, self._cells, self._region, self._map_box, self._samples,
-                          *self.panels.images.values()]
-        for a in self._animated:
-            a.set_animated(True)
-
-        self.selector = None
-        if self.backend == "ipympl":
-            from matplotlib.widgets import RectangleSelector
-
-            color = viz.BOX_COLORS[0]
-            self.selector = RectangleSelector(
-                self.image_ax, self._on_select, interactive=True, useblit=False, button=[1],
-                drag_from_anywhere=True, props={"edgecolor": color, "facecolor": color, "alpha": 0.15, "fill": True},
-                handle_props={"markeredgecolor": color, "markerfacecolor": "white", "markersize": 7},
-            )
-            self._place_selector(m.box)
-            self.canvas.mpl_connect("button_press_event", self._on_press)
-            self.canvas.mpl_connect("motion_notify_event", self._on_motion)
-            self.canvas.mpl_connect("button_release_event", self._on_release)
+        m.observe(self._on_change, ["results", "message", "error", "boxes", "active"])
+        m.observe(self._on_error, "error")
+        m.observe(self._on_boxes, "boxes")
+        m.observe(self._on_model_strategies, "strategies")
+        m.observe(self._on_stride, "stride")
+        self.view.on_msg(self._on_msg)
+        self.view.push()
 
     # ---------------------------------------------------------------- controls
     def _build_controls(self) -> None:
         m = self.model
-        ih, iw = m.image_size
         style = {"description_width": "initial"}
-        x1, y1, x2, y2 = m.box
-        self.x_slider = W.FloatRangeSlider(value=(x1, x2), min=0, max=iw, step=0.5, description="x1, x2",
-                                           continuous_update=False, readout_format=".1f", style=style)
-        self.y_slider = W.FloatRangeSlider(value=(y1, y2), min=0, max=ih, step=0.5, description="y1, y2",
-                                           continuous_update=False, readout_format=".1f", style=style)
-        self.x_slider.add_class("roiviz-x")
-        self.y_slider.add_class("roiviz-y")
-        self.x_slider.observe(self._on_slider, "value")
-        self.y_slider.observe(self._on_slider, "value")
-
         self.output_size_slider = W.IntSlider(value=m.output_size, min=1, max=16, description="output size",
                                               continuous_update=False, style=style)
         self.output_size_slider.add_class("roiviz-output-size")
@@ -662,25 +938,32 @@ class Explorer(W.VBox):
             options=[("adaptive", -1), ("1", 1), ("2", 2), ("3", 3), ("4", 4)],
             value=m.sampling_ratio if m.sampling_ratio in (1, 2, 3, 4) else -1,
             description="sampling_ratio", style=style, layout=W.Layout(width="200px"))
+        self.sampling_ratio_dropdown.add_class("roiviz-sampling-ratio")
         self.aligned_checkbox = W.Checkbox(value=m.aligned, description="aligned", indent=False,
                                            layout=W.Layout(width="90px"))
+        self.aligned_checkbox.add_class("roiviz-aligned")
         self.stride_dropdown = W.Dropdown(options=list(STRIDES), value=m.stride, description="stride",
                                           disabled=not m.is_image, style=style, layout=W.Layout(width="130px"))
+        self.stride_dropdown.add_class("roiviz-stride")
         self.channel_dropdown = W.Dropdown(options=self._channel_options(), value=m.channel, description="channel",
                                            style=style, layout=W.Layout(width="170px"))
+        self.channel_dropdown.add_class("roiviz-channel")
         self.roi_dropdown = W.Dropdown(options=self._roi_options(), value=m.active, description="ROI",
                                        style=style, layout=W.Layout(width="130px"))
+        self.roi_dropdown.add_class("roiviz-roi")
         self.add_button = W.Button(description="add ROI", layout=W.Layout(width="90px"))
+        self.add_button.add_class("roiviz-add")
         self.remove_button = W.Button(description="remove ROI", layout=W.Layout(width="100px"))
+        self.remove_button.add_class("roiviz-remove")
         self.add_button.on_click(lambda _: self._guard(self.model.add_box))
         self.remove_button.on_click(lambda _: self._guard(self.model.remove_box))
         self.strategy_buttons = {
             name: W.ToggleButton(value=name in m.strategies, description=name, layout=W.Layout(width="auto"))
             for name in STRATEGIES
         }
-        for b in self.strategy_buttons.values():
+        for name, b in self.strategy_buttons.items():
+            b.add_class(f"roiviz-toggle-{name}")
             b.observe(self._on_strategy_button, "value")
-
         # Plain values are linked both ways: a control moves the model, the model moves the control.
         self._links = [
             T.link((m, "output_size"), (self.output_size_slider, "value")),
@@ -690,24 +973,19 @@ class Explorer(W.VBox):
             T.link((m, "channel"), (self.channel_dropdown, "value")),
             T.link((m, "active"), (self.roi_dropdown, "value")),
         ]
-
-        self.status = W.Label(value="")
-        self.status.add_class("roiviz-status")
-        self.metrics_html = W.HTML(value="")
-        self.metrics_html.add_class("roiviz-metrics")
-        self.errors = W.Output()
-        self.errors.add_class("roiviz-errors")
         self._controls_box = W.VBox([
-            W.HBox([self.x_slider, self.y_slider]),
-            W.HBox(list(self.strategy_buttons.values())),
-            W.HBox([self.output_size_slider, self.sampling_ratio_dropdown, self.aligned_checkbox]),
+            W.HBox(list(self.strategy_buttons.values()), layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.output_size_slider, self.sampling_ratio_dropdown, self.aligned_checkbox],
+                   layout=W.Layout(flex_flow="row wrap")),
             W.HBox([self.stride_dropdown, self.channel_dropdown, self.roi_dropdown, self.add_button,
-                    self.remove_button]),
+                    self.remove_button], layout=W.Layout(flex_flow="row wrap")),
         ])
+        self._controls_box.add_class("roiviz-controls")
 
     def _channel_options(self) -> list[tuple[str, int]]:
         c_n = self.model.n_channels
-        first = "RGB" if c_n == 3 else ("all" if c_n == 1 else f"mean of {c_n}")
+        first = "RGB" if c_n == 3 and self.model.is_image and self.model.stride == 1 else (
+            "all" if c_n == 1 else f"mean of {c_n}")
         return [(first, -1)] + [(str(c), c) for c in range(c_n)]
 
     def _roi_options(self) -> list[tuple[str, int]]:
@@ -716,8 +994,25 @@ class Explorer(W.VBox):
     def __repr__(self) -> str:
         m = self.model
         box = ", ".join(f"{v:g}" for v in m.box)
-        return (f"Explorer(box=({box}), rois={len(m.boxes)}, stride={m.stride}, "
-                f"output_size={m.output_size}, backend={self.backend!r})")
+        return f"Explorer(box=({box}), rois={len(m.boxes)}, stride={m.stride}, output_size={m.output_size})"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live widget, plus a static PNG of the same state for renderers without a kernel."""
+        import base64
+
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        if isinstance(data, tuple):
+            data = data[0]
+        data = dict(data)
+        data["image/png"] = base64.b64encode(self.png()).decode("ascii")
+        return data
+
+    def png(self, dpi: int = 80) -> bytes:
+        """A static PNG of the Explorer's current state (matplotlib, from the model's numbers)."""
+        buf = io.BytesIO()
+        fig = static_figure(self.model)
+        fig.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
 
     # ---------------------------------------------------------------- public shortcuts
     @property
@@ -734,15 +1029,12 @@ class Explorer(W.VBox):
         """Every ROI, in image pixels (change them with ``model.add_box``/``remove_box``)."""
         return list(self.model.boxes)
 
-    def data_to_canvas(self, x: float, y: float) -> tuple[float, float]:
-        """Pixel position of image point ``(x, y)`` on the canvas, from its top-left corner.
+    @property
+    def status(self) -> str:
+        """The status line the widget shows (:meth:`ExplorerModel.status`)."""
+        return self.model.status()
 
-        A browser test adds this to the canvas element's bounding box to aim the mouse.
-        """
-        px, py = self.image_ax.transData.transform((x, y))
-        return float(px), float(self.figure.bbox.height - py)
-
-    # ---------------------------------------------------------------- events from the controls
+    # ---------------------------------------------------------------- events
     def _guard(self, fn: Any, *args: Any) -> Any:
         """Run a callback; show any failure in the status line and the errors Output."""
         try:
@@ -750,14 +1042,30 @@ class Explorer(W.VBox):
         except T.TraitError as e:
             self.model.message = f"refused: {e}"
         except Exception:
-            self._show_error(traceback.format_exc())
+            self.model.error = traceback.format_exc()
         return None
 
-    def _on_slider(self, change: Any) -> None:
-        if self._syncing:
-            return
-        (x1, x2), (y1, y2) = self.x_slider.value, self.y_slider.value
-        self._guard(setattr, self.model, "box", (x1, y1, x2, y2))
+    def _on_msg(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
+        """The browser's requests: a dragged box, or another ROI made active."""
+        before = self.view.frames_sent
+        kind = content.get("type")
+        if kind == "box":
+            self.view.seq = max(self.view.seq, int(content.get("seq", 0)))
+            self._guard(self.model.drag, content.get("box"), bool(content.get("dragging")))
+        elif kind == "active":
+            self._guard(setattr, self.model, "active", int(content.get("index", 0)))
+        if self.view.frames_sent == before:  # nothing changed: still answer, so the browser settles
+            self.view.push()
+
+    def _on_change(self, change: Any) -> None:
+        # Inside a batch (a drag sets `dragging` and `box`) the boxes change before the results:
+        # send one frame, with both, when the batch recomputes.
+        if change["name"] == "results" or not self.model._held:
+            self.view.push()
+
+    def _on_error(self, change: Any) -> None:
+        if change["new"]:
+            self.errors.append_stderr(change["new"])
 
     def _on_strategy_button(self, change: Any) -> None:
         if self._syncing:
@@ -794,199 +1102,87 @@ class Explorer(W.VBox):
             finally:
                 self._syncing = False
 
-    def _on_message(self, change: Any) -> None:
-        self.status.value = self.model.status()
 
-    # ---------------------------------------------------------------- events from the mouse (ipympl)
-    def _selector_box(self) -> Box:
-        xmin, xmax, ymin, ymax = self.selector.extents
-        return (xmin, ymin, xmax, ymax)
+# ================================================================================================
+# The static picture (for notebooks read without a kernel)
+# ================================================================================================
 
-    def _on_press(self, event: Any) -> None:
-        if event.inaxes is self.image_ax and event.button == 1:
-            self._dragging = True
-            self._guard(setattr, self.model, "dragging", True)
 
-    def _on_motion(self, event: Any) -> None:
-        if self._dragging and self.continuous_update and self.selector is not None:
-            box = self._selector_box()
-            if box[2] - box[0] > 0 and box[3] - box[1] > 0:
-                self._guard(setattr, self.model, "box", box)
+def static_figure(model: ExplorerModel) -> Any:
+    """The Explorer's current state as a matplotlib figure: picture and ROIs, the map zoomed on
+    the active box (kept, lost, gained cells; ROI Align's samples), every panel on the shared
+    colour scale with its colour bar, and the status line as the title. 10 inches wide.
 
-    def _on_select(self, eclick: Any, erelease: Any) -> None:
-        x1, y1, x2, y2 = self._selector_box()
-        if x2 - x1 <= 0 and y2 - y1 <= 0:  # a bare click starts no box: keep the one we have
-            self.model.message = "refused: a click without a drag draws no box; the box is kept"
-            return
-        self._guard(setattr, self.model, "box", (x1, y1, x2, y2))
+    Examples
+    --------
+    >>> fig = static_figure(ExplorerModel("checkerboard", size=32, output_size=2))
+    >>> round(fig.get_figwidth())
+    10
+    """
+    import textwrap
 
-    def _on_release(self, event: Any) -> None:
-        if not self._dragging:
-            return
-        self._dragging = False
-        # Put the selector on the validated box (it may have been clamped, widened or refused).
-        self._place_selector(self.model.box)
-        self._guard(setattr, self.model, "dragging", False)  # recomputes, now with the metrics
+    import matplotlib.colors
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
-    def _place_selector(self, box: Box) -> None:
-        x1, y1, x2, y2 = box
-        self.selector.extents = (x1, x2, y1, y2)
-        self.selector.set_visible(True)
-        # A box set from code (or restored after a bare click cleared the selector) must behave
-        # like one the user drew: matplotlib only calls back for a completed selection.
-        if hasattr(self.selector, "_selection_completed"):
-            self.selector._selection_completed = True
-
-    # ---------------------------------------------------------------- redraw
-    def _on_results(self, change: Any) -> None:
-        self._render()
-
-    def _on_error(self, change: Any) -> None:
-        if change["new"]:
-            self._show_error(change["new"])
-
-    def _show_error(self, text: str) -> None:
-        self.errors.append_stderr(text)
-        line = text.strip().splitlines()[-1] if text.strip() else "error"
-        self.status.value = self.model.status() if self.model.error else f"{self.model.status()} · error: {line}"
-
-    def _update_static(self) -> bool:
-        """Redo what changes with the stride or channel (the picture, the map's colours); True if done."""
-        m = self.model
-        key = (m.stride, m.channel)
-        if key == self._map_key:
-            return False
-        channel = None if m.channel < 0 else m.channel
-        x = m.input[0]
-        h, w = x.shape[-2:]
-        shown = viz.display_array(x, channel)
-        lo, hi = min(float(shown.min()), 0.0), max(float(shown.max()), 0.0)
-        self._clim = (lo, hi if hi > lo else lo + 1.0)
-        if shown.ndim == 3:
-            shown = viz._rgb_in_clim(shown, self._clim)
-        self._map_image.set_data(shown)
-        self._map_image.set_clim(*self._clim)
-        for im in (self._map_image, self._cells):
-            im.set_extent((0, w, h, 0))
-        # The picture is what the strategies see at stride 1, else the photo the features came from.
-        if m.stride == 1:
-            picture, clim = shown, self._clim
+    m, r = model, model.results
+    names = list(r.outputs) if r is not None else []
+    n_cols = 4
+    n_rows = max(2, math.ceil(len(names) / n_cols))
+    fig = Figure(figsize=(10.0, 1.9 * n_rows + 1.3), layout="constrained")
+    status = "\n".join(textwrap.wrap(m.status(), 120))
+    fig.suptitle(status, fontsize=9, family="monospace", ha="left", x=0.01)
+    gs = fig.add_gridspec(n_rows, 2 + n_cols, width_ratios=[1.6, 1.6] + [1] * n_cols)
+    ax_pic = fig.add_subplot(gs[:, 0])
+    ax_map = fig.add_subplot(gs[:, 1])
+    ih, iw = m.image_size
+    pic = m.picture_bytes()
+    ax_pic.imshow(pic if pic.shape[2] == 3 else pic[..., 0], cmap="gray", extent=(0, iw, ih, 0),
+                  interpolation="nearest", vmin=0, vmax=255)
+    for i, b in enumerate(m.boxes):
+        active = i == m.active
+        ax_pic.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
+                                   edgecolor=viz.BOX_COLORS[0] if active else viz.BOX_COLORS[1 + i % 6],
+                                   linewidth=2.0 if active else 1.2, linestyle="-" if active else "--"))
+    ax_pic.set_title("picture and ROIs", fontsize=10)
+    if r is None:
+        return fig
+    kind, lo, hi = m.color_scale()
+    mp = m.map_bytes()
+    h, w = mp.shape[:2]
+    ax_map.imshow(mp, extent=(0, w, h, 0), interpolation="nearest")
+    q = r.quantization
+    cells = np.zeros((h, w, 4))
+    cells[np.asarray(q.lost_mask)] = matplotlib.colors.to_rgba(viz.LOST_COLOR, 0.55)
+    cells[np.asarray(q.gained_mask)] = matplotlib.colors.to_rgba(viz.GAINED_COLOR, 0.55)
+    ax_map.imshow(cells, extent=(0, w, h, 0), interpolation="nearest")
+    c0, r0, c1, r1 = r.region
+    ax_map.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, edgecolor="white", linewidth=1.5))
+    mx1, my1, mx2, my2 = r.map_box
+    ax_map.add_patch(Rectangle((mx1, my1), mx2 - mx1, my2 - my1, fill=False, edgecolor=viz.BOX_COLORS[0],
+                               linestyle="--", linewidth=1.5))
+    if "roi_align" in r.outputs and len(r.samples):
+        ax_map.scatter(r.samples[:, 0], r.samples[:, 1], s=min(6.0, 600.0 / len(r.samples)), color="#ff9f0a",
+                       linewidths=0)
+    pad = max(1.0, 0.15 * max(mx2 - mx1, my2 - my1))
+    lo_x, hi_x, lo_y, hi_y = min(mx1, c0) - pad, max(mx2, c1) + pad, min(my1, r0) - pad, max(my2, r1) + pad
+    side = max(hi_x - lo_x, hi_y - lo_y)
+    cx, cy = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
+    ax_map.set_xlim(cx - side / 2, cx + side / 2)
+    ax_map.set_ylim(cy + side / 2, cy - side / 2)
+    ax_map.set_title("map (zoomed)", fontsize=10)
+    im = None
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(gs[k // n_cols, 2 + k % n_cols])
+        shown = m.shown(r.outputs[name])
+        if kind == "rgb":
+            ax.imshow(rgb_bytes(shown, (lo, hi)), interpolation="nearest")
         else:
-            picture = viz.display_array(m.picture)
-            clim = (float(picture.min()), float(picture.max()) or 1.0)
-            picture = np.clip(picture, 0.0, 1.0) if picture.ndim == 3 else picture
-        self._picture_image.set_data(picture)
-        if picture.ndim == 2:
-            self._picture_image.set_clim(*clim)
-        self._map_key = key
-        return True
-
-    def _render(self) -> None:
-        """Push the model's results into the artists and widgets, then draw once."""
-        full = False
-        try:
-            full = self._render_artists()
-        except Exception:
-            self._show_error(traceback.format_exc())
-        self.status.value = self.model.status()
-        self._draw(full)
-
-    def _render_artists(self) -> bool:
-        m, r = self.model, self.model.results
-        # Controls follow the model (e.g. a clamped box moves the sliders back).
-        self._syncing = True
-        try:
-            x1, y1, x2, y2 = m.box
-            if self.x_slider.value != (x1, x2):
-                self.x_slider.value = (x1, x2)
-            if self.y_slider.value != (y1, y2):
-                self.y_slider.value = (y1, y2)
-        finally:
-            self._syncing = False
-        # The picture: every ROI; the active one is the selector when there is one.
-        rects = self._box_artists.rects
-        while len(rects) < len(m.boxes):
-            (rect,) = viz.draw_boxes(self.image_ax, [m.boxes[len(rects)]]).rects
-            rect.set_animated(True)
-            self._animated.append(rect)
-            rects.append(rect)
-        for i, rect in enumerate(rects):
-            if i < len(m.boxes):
-                self._box_artists.update(i, m.boxes[i])
-                rect.set_linestyle("-" if i == m.active else "--")
-                rect.set_visible(not (self.selector is not None and i == m.active))
-                rect.set_edgecolor(viz.BOX_COLORS[0] if i == m.active else viz.BOX_COLORS[1 + i % 6])
-            else:
-                rect.set_visible(False)
-        if self.selector is not None and not self._dragging:
-            if tuple(self.selector.extents) != (x1, x2, y1, y2):
-                self._place_selector(m.box)
-        if r is None:
-            return False
-        full = self._update_static()
-        # The map: the box, the cells kept, lost and gained, ROI Align's samples; zoomed on the box.
-        mx1, my1, mx2, my2 = r.map_box
-        self._map_box.set_bounds(mx1, my1, mx2 - mx1, my2 - my1)
-        c0, r0, c1, r1 = r.region
-        self._region.set_bounds(c0, r0, c1 - c0, r1 - r0)
-        q = r.quantization
-        cells = viz._cells_rgba(np.asarray(q.lost_mask), viz.LOST_COLOR, 0.6)
-        cells[np.asarray(q.gained_mask)] = matplotlib.colors.to_rgba(viz.GAINED_COLOR, 0.6)
-        self._cells.set_data(cells)
-        show_samples = "roi_align" in m.strategies
-        self._samples.set_offsets(r.samples if show_samples and len(r.samples) else np.empty((0, 2)))
-        pad = max(1.0, 0.15 * max(mx2 - mx1, my2 - my1))
-        lo_x, hi_x = min(mx1, c0) - pad, max(mx2, c1) + pad
-        lo_y, hi_y = min(my1, r0) - pad, max(my2, r1) + pad
-        side = max(hi_x - lo_x, hi_y - lo_y)  # square limits keep the cells square
-        cx, cy = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
-        self.map_ax.set_xlim(cx - side / 2, cx + side / 2)
-        self.map_ax.set_ylim(cy + side / 2, cy - side / 2)
-        # The panels: one colour scale, that of the map (so colours also compare across boxes).
-        self.panels.update(r.outputs, channel=None if m.channel < 0 else m.channel, clim=self._clim)
-        if not m.strategies:
-            self.metrics_html.value = "<p><i>no strategy selected</i></p>"
-        elif r.metrics is not None:
-            self._metrics_table = r.metrics._repr_html_()
-            self.metrics_html.value = self._metrics_table
-        elif "follow" not in self.metrics_html.value:
-            note = "<p><i>dragging: the metrics follow when you release the box</i></p>"
-            self.metrics_html.value = note + self._metrics_table
-        layout = (tuple(m.strategies), m.output_size, m.stride, m.channel)
-        full = full or layout != self._layout_key
-        self._layout_key = layout
-        return full
-
-    def _on_draw_event(self, event: Any) -> None:
-        """After any full draw: keep the static background, then draw the changing artists on it."""
-        self._background = self.figure.canvas.copy_from_bbox(self.figure.bbox)
-        self._draw_animated()
-
-    def _draw_animated(self) -> None:
-        for a in self._animated:
-            if a.get_visible() and a.axes is not None and a.axes.get_visible():
-                self.figure.draw_artist(a)
-
-    def _draw(self, full: bool = False) -> None:
-        """Full draw when the layout changed, else restore the background and blit."""
-        canvas = self.figure.canvas
-        if full or self._background is None:
-            self._background = None
-            self.draw_count += 1
-            if self.backend == "ipympl":
-                canvas.draw_idle()  # the front-end asks for the image; draw_event keeps the background
-                return
-            canvas.draw()  # Agg: draw_event keeps the background and draws the changing artists
-        else:
-            self.blit_count += 1
-            canvas.restore_region(self._background)
-            self._draw_animated()
-            canvas.blit(self.figure.bbox)  # ipympl sends the changed pixels; Agg has them already
-        if self.picture is not None:
-            self.picture.value = self.png()
-
-    def png(self) -> bytes:
-        """The figure as it is now on the canvas, as PNG bytes (no redraw)."""
-        buf = io.BytesIO()
-        matplotlib.image.imsave(buf, np.asarray(self.figure.canvas.buffer_rgba()), format="png")
-        return buf.getvalue()
+            im = ax.imshow(shown, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        fig.colorbar(im, ax=fig.axes[2:], shrink=0.8, label="one scale for every panel")
+    return fig

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import warnings
+import json
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 import traitlets
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from matplotlib.backend_bases import MouseEvent
+from matplotlib.colors import Normalize
 
-from roiviz import STRATEGIES, roi_align, widgets
-from roiviz.reference import roi_align_sample_points
-from roiviz.widgets import Explorer, ExplorerModel, sample_points
+from roiviz import STRATEGIES, roi_align
+from roiviz.reference import roi_align_sample_points, roi_pool_bins
+from roiviz.widgets import (
+    Explorer,
+    ExplorerModel,
+    color_index,
+    read_windows,
+    rgb_bytes,
+    sample_axes,
+    sample_points,
+    static_figure,
+)
 
 
 @pytest.fixture(scope="module")
@@ -195,67 +205,212 @@ def test_sample_points_match_reference(x1, y1, w, h, scale, sr, aligned, size):
     np.testing.assert_array_equal(outside[~edge], ref_out[~edge])
 
 
-# ------------------------------------------------------------------------------------ the view
+# ------------------------------------------------------------------------------------ colours
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-3, 3, width=32), min_size=1, max_size=50), st.floats(-2, 0), st.floats(0.01, 3))
+@example([0.0, 0.5, 1.0, 0.999999], 0.0, 1.0)
+def test_color_index_is_matplotlibs_colormap(values, lo, span):
+    """The browser paints lut[index]: it must be the colour matplotlib's viridis gives the value."""
+    v = np.array(values, dtype=np.float32)
+    clim = (lo, lo + span)
+    lut = np.asarray(matplotlib.colormaps["viridis"](np.arange(256), bytes=True))[:, :3]
+    want = np.asarray(matplotlib.colormaps["viridis"](Normalize(*clim)(v), bytes=True))[..., :3]
+    np.testing.assert_array_equal(lut[color_index(v, clim)], want)
+
+
+def test_rgb_bytes():
+    assert rgb_bytes(np.array([-1.0, 0.0, 0.5, 1.0, 2.0]), (0.0, 1.0)).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_color_scale_spans_every_strategy_output(photo):
+    """One honest scale: max-based panels never saturate on the channel mean of a feature map."""
+    m = ExplorerModel(photo, boxes=[(8.0, 8.0, 56.0, 50.0)], stride=8, output_size=5)
+    for channel in (-1, 3):
+        m.channel = channel
+        kind, lo, hi = m.color_scale()
+        assert kind == "map"
+        for name, out in m.results.outputs.items():
+            shown = m.shown(out)
+            assert lo - 1e-6 <= shown.min() and shown.max() <= hi + 1e-6, (channel, name)
+    m.stride, m.channel = 1, -1
+    assert m.color_scale() == ("rgb", 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------ read windows
+
+
+@settings(max_examples=30, deadline=None)
+@given(x1=st.floats(0, 50), y1=st.floats(0, 50), w=st.floats(1, 40), h=st.floats(1, 40),
+       scale=st.sampled_from([1.0, 0.5, 0.125]), n=st.sampled_from([1, 3, 5]), sr=st.sampled_from([-1, 1, 2]),
+       aligned=st.booleans())
+def test_read_windows_hold_every_cell_an_output_depends_on(x1, y1, w, h, scale, n, sr, aligned):
+    """Gradient support of each output row/column lies in its window (the cells hover highlights);
+    for averaging strategies it is the whole window."""
+    box = (x1, y1, x1 + w, y1 + h)
+    hh = ww = 12
+    x = (torch.rand(1, 1, hh, ww, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5)
+    x.requires_grad_(True)
+    rois = torch.tensor([[0.0, *box]], dtype=torch.float64)
+    for name in ("crop", "pad", "adaptive_avg", "adaptive_max", "resize", "roi_pool", "roi_align"):
+        win = read_windows(name, box, n, scale, hh, ww, sr, aligned)
+        if name == "roi_align":
+            out = roi_align(x, rois, n, scale, sampling_ratio=sr, aligned=aligned)[0, 0]
+        else:
+            out = STRATEGIES[name](x, rois, n, scale)[0, 0]
+        for k in range(n):
+            for axis, sel in ((0, out[k, :]), (1, out[:, k])):
+                if sel.requires_grad:
+                    (g,) = torch.autograd.grad(sel.sum(), x, retain_graph=True)
+                    used = (g[0, 0] != 0).any(dim=1 - axis).nonzero().flatten().tolist()
+                else:  # e.g. an empty crop: a constant output reads nothing
+                    used = []
+                lo, hi = int(win[2 * axis, k]), int(win[2 * axis + 1, k])
+                assert all(lo <= u < hi for u in used), (name, axis, k, used, (lo, hi))
+                other = 2 * (1 - axis)
+                reads = (win[other + 1] > win[other]).any()  # a cell reads rows x columns: both
+                if name == "adaptive_avg" and hi > lo and reads:
+                    assert used == list(range(lo, hi)), (name, axis, k, used, (lo, hi))
+
+
+def test_read_windows_of_roi_pool_are_its_bins():
+    box = (3.2, 5.0, 40.7, 33.3)
+    win = read_windows("roi_pool", box, 4, 0.25, 16, 16)
+    bins = roi_pool_bins(torch.tensor([0.0, *box]), 4, 4, 0.25, 16, 16)
+    assert [tuple(win[:2, i]) for i in range(4)] == [bins[i][0][:2] for i in range(4)]
+    assert [tuple(win[2:, j]) for j in range(4)] == [bins[0][j][2:] for j in range(4)]
+
+
+def test_sample_axes_are_the_sample_points():
+    box, size = (3.0, 4.5, 30.0, 21.0), (3, 4)
+    xs, ys = sample_axes(box, size, 0.5, 2, True)
+    xy, _, _ = sample_points(box, size, 0.5, 2, True, 16, 16)
+    assert sorted(map(tuple, xy.tolist())) == sorted((x, y) for x in xs.tolist() for y in ys.tolist())
+
+
+# ------------------------------------------------------------------------------------ the widget
 
 
 @pytest.fixture
 def explorer(photo) -> Explorer:
-    return Explorer(photo, backend="agg", boxes=[(8.0, 8.0, 40.0, 30.0)], output_size=4)
+    return Explorer(photo, boxes=[(8.0, 8.0, 40.0, 30.0)], output_size=4)
 
 
-def _panel_data(ex):
-    return {name: np.array(im.get_array()) for name, im in ex.panels.images.items()}
+class Sent:
+    """Captures what the view sends to the browser (the comm's messages, with their buffers)."""
+
+    def __init__(self, widget):
+        self.messages = []
+        original = widget.comm.send
+
+        def send(data=None, metadata=None, buffers=None, **kwargs):
+            self.messages.append((data, buffers or []))
+            return original(data=data, metadata=metadata, buffers=buffers, **kwargs)
+
+        widget.comm.send = send
+
+    def sizes(self) -> list[int]:
+        return [len(json.dumps(d, default=str)) + sum(len(memoryview(b).cast("B")) for b in bufs)
+                for d, bufs in self.messages]
 
 
-def test_explorer_updates_panels_and_status(explorer):
-    assert "roiviz-status" in explorer.status._dom_classes
-    before = _panel_data(explorer)
+def test_explorer_is_one_widget_with_stable_hooks(explorer):
+    assert "roiviz-explorer" in explorer._dom_classes
+    assert explorer.view in explorer.children and "roiviz-errors" in explorer.errors._dom_classes
+    esm = explorer.view._esm
+    esm = esm.read_text() if hasattr(esm, "read_text") else str(esm)
+    for hook in ("roiviz-image", "roiviz-panels", "roiviz-status"):
+        assert f'"{hook}"' in esm
+
+
+def test_frame_carries_the_model_numbers(explorer):
+    frame, data = explorer.view.frame_payload()
+    m = explorer.model
+    assert frame["status"] == m.status() and frame["boxes"] == [[8.0, 8.0, 40.0, 30.0]]
+    assert [p["name"] for p in frame["panels"]] == list(STRATEGIES)
+    kind, lo, hi = m.color_scale()
+    assert kind == "rgb"
+    u8 = np.frombuffer(data, np.uint8)
+    for p in frame["panels"]:
+        want = rgb_bytes(np.moveaxis(m.results.outputs[p["name"]], 0, -1), (lo, hi))
+        np.testing.assert_array_equal(u8[p["colors_off"]: p["colors_off"] + want.size].reshape(want.shape), want)
+    explorer.model.stride = 8
+    frame, data = explorer.view.frame_payload()
+    kind, lo, hi = explorer.model.color_scale()
+    for p in frame["panels"]:
+        shown = explorer.model.results.outputs[p["name"]].mean(0)
+        values = np.frombuffer(data, np.float32, count=shown.size, offset=p["values_off"])
+        np.testing.assert_array_equal(values, shown.ravel())
+        np.testing.assert_array_equal(u8_of(data, p["colors_off"], shown.size), color_index(shown, (lo, hi)).ravel())
+
+
+def u8_of(data: bytes, off: int, n: int) -> np.ndarray:
+    return np.frombuffer(data, np.uint8, count=n, offset=off)
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_update_messages_are_small(photo, stride):
+    """Numbers, not pictures: at most 16 KB per update, even at output 16 with adaptive sampling."""
+    ex = Explorer(photo, boxes=[(2.0, 2.0, 62.0, 62.0)], output_size=16, sampling_ratio=-1, stride=stride)
+    sent = Sent(ex.view)
+    for box in [(2.0, 2.0, 62.0, 62.0), (5.5, 3.25, 60.0, 40.0), (1.0, 1.0, 64.0, 64.0)]:
+        ex.view._on_msg_hook = None
+        ex._on_msg(None, {"type": "box", "box": list(box), "dragging": False, "seq": 1}, [])
+    assert sent.messages, "nothing was sent"
+    assert max(sent.sizes()) <= 16 * 1024, sent.sizes()
+
+
+def test_drag_message_gives_one_frame_with_its_seq(explorer):
+    sent = Sent(explorer.view)
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": True, "seq": 7}, [])
+    assert explorer.box == (10.0, 12.0, 50.0, 40.0) and explorer.model.dragging
+    assert explorer.model.results.metrics is None  # while dragging: outputs only
+    assert len(sent.messages) == 1 and explorer.view.frame["seq"] == 7
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": False, "seq": 8}, [])
+    assert explorer.model.results.metrics is not None and "<table" in explorer.view.frame["metrics"]
+    assert explorer.view.frame["seq"] == 8
+    # A refused box still gets an answer (the browser waits for it), with the reason shown.
+    n = len(sent.messages)
+    explorer._on_msg(None, {"type": "box", "box": [0, 0, float("nan"), 4], "dragging": False, "seq": 9}, [])
+    assert len(sent.messages) == n + 1 and explorer.view.frame["seq"] == 9
+    assert "refused" in explorer.view.frame["status"]
+    explorer._on_msg(None, {"type": "box", "box": [-10, 5, 30, 80], "dragging": False, "seq": 10}, [])
+    assert explorer.box == (0.0, 5.0, 30.0, 64.0) and "clamped" in explorer.view.frame["status"]
+
+
+def test_explorer_box_from_code_and_status(explorer):
     explorer.box = (10, 20, 60, 50)
-    assert explorer.status.value.startswith("box (x1, y1, x2, y2) = (10.0, 20.0, 60.0, 50.0) · ROI 1/1 · ")
-    after = _panel_data(explorer)
-    assert all(not np.array_equal(before[n], after[n]) for n in STRATEGIES)
-    assert explorer.x_slider.value == (10.0, 60.0) and explorer.y_slider.value == (20.0, 50.0)
-    assert "<table" in explorer.metrics_html.value
-    assert explorer.model.error == "" and explorer.errors.outputs == ()
-    # A box change only redraws what changed; the full draw happened once, at the start.
-    assert explorer.draw_count == 1 and explorer.blit_count >= 1
+    assert explorer.status.startswith("box (x1, y1, x2, y2) = (10.0, 20.0, 60.0, 50.0) · ROI 1/1 · ")
+    assert explorer.view.frame["status"] == explorer.status
+    assert explorer.view.frame["boxes"] == [[10.0, 20.0, 60.0, 50.0]]
 
 
 def test_explorer_repr_is_short_and_stable(explorer):
-    assert repr(explorer) == "Explorer(box=(8, 8, 40, 30), rois=1, stride=1, output_size=4, backend='agg')"
-
-
-def test_explorer_sliders_drive_the_box(explorer):
-    explorer.x_slider.value = (4.0, 50.0)
-    assert explorer.box == (4.0, 8.0, 50.0, 30.0)
-    assert "(4.0, 8.0, 50.0, 30.0)" in explorer.status.value
-    explorer.output_size_slider.value = 2  # linked to the model
-    assert explorer.model.output_size == 2 and explorer.model.results.outputs["crop"].shape == (3, 2, 2)
-    assert explorer.draw_count == 2  # a new output size changes the layout: one full draw
-
-
-def test_explorer_invalid_box_message_visible(explorer):
-    explorer.box = (30, 10, 30, 40)
-    # The message comes right after the box, so a cut line still shows it.
-    assert explorer.status.value.split(" · ")[1] == "zero width: widened to 1 px"
-    assert explorer.x_slider.value == (30.0, 31.0)
+    assert repr(explorer) == "Explorer(box=(8, 8, 40, 30), rois=1, stride=1, output_size=4)"
 
 
 def test_explorer_controls(explorer):
     explorer.strategy_buttons["crop"].value = False
     assert "crop" not in explorer.model.strategies
-    assert not explorer.panels.axes["crop"].get_visible()
+    assert "crop" not in [p["name"] for p in explorer.view.frame["panels"]]
+    explorer.output_size_slider.value = 2
+    assert explorer.model.results.outputs["pad"].shape == (3, 2, 2) and explorer.view.frame["output_size"] == 2
+    explorer.sampling_ratio_dropdown.value = -1
+    explorer.aligned_checkbox.value = False
+    assert (explorer.model.sampling_ratio, explorer.model.aligned) == (-1, False)
     explorer.stride_dropdown.value = 8
     assert explorer.model.spatial_scale == 1 / 8
     assert [v for _, v in explorer.channel_dropdown.options][-1] == 15
-    assert "stride 8, 8x8 map: (" in explorer.status.value
+    assert "stride 8, 8x8 map: (" in explorer.view.frame["status"]
+    assert explorer.view.frame["map"]["key"] == "8,-1"
     explorer.channel_dropdown.value = 5
-    assert explorer.model.channel == 5
+    assert explorer.model.channel == 5 and explorer.view.frame["map"]["key"] == "8,5"
     explorer.add_button.click()
     assert len(explorer.model.boxes) == 2 and explorer.roi_dropdown.value == 1
-    assert "ROI 2/2" in explorer.status.value
-    explorer.roi_dropdown.value = 0
-    assert explorer.model.active == 0
+    assert "ROI 2/2" in explorer.view.frame["status"] and explorer.view.frame["active"] == 1
+    explorer._on_msg(None, {"type": "active", "index": 0}, [])
+    assert explorer.model.active == 0 and explorer.roi_dropdown.value == 0
     explorer.remove_button.click()
     assert len(explorer.model.boxes) == 1 and len(explorer.roi_dropdown.options) == 1
 
@@ -263,10 +418,9 @@ def test_explorer_controls(explorer):
 def test_explorer_without_strategies(explorer):
     explorer.model.strategies = []
     assert explorer.model.error == "" and explorer.model.results.outputs == {}
-    assert not any(ax.get_visible() for ax in explorer.panels.axes.values())
-    assert "no strategy selected" in explorer.metrics_html.value
+    assert explorer.view.frame["panels"] == [] and "no strategy selected" in explorer.view.frame["metrics"]
     explorer.strategy_buttons["pad"].value = True
-    assert list(explorer.model.results.outputs) == ["pad"] and explorer.panels.axes["pad"].get_visible()
+    assert [p["name"] for p in explorer.view.frame["panels"]] == ["pad"]
 
 
 def test_explorer_errors_are_shown(explorer, monkeypatch):
@@ -275,90 +429,22 @@ def test_explorer_errors_are_shown(explorer, monkeypatch):
 
     monkeypatch.setattr(explorer.model, "compute", broken)
     explorer.box = (1, 1, 9, 9)
-    assert "error: RuntimeError: boom" in explorer.status.value
+    assert "error: RuntimeError: boom" in explorer.view.frame["status"] and explorer.view.frame["error"]
     assert any("RuntimeError: boom" in o["text"] for o in explorer.errors.outputs)
-    assert "roiviz-errors" in explorer.errors._dom_classes
 
 
-def test_explorer_inline_fallback_without_ipympl(photo, monkeypatch):
-    monkeypatch.setattr(widgets, "_ipympl_available", lambda: False)
-    monkeypatch.setattr(widgets, "_in_kernel", lambda: True)
-    ex = Explorer(photo, output_size=3)
-    assert ex.backend == "inline" and ex.selector is None and ex.canvas is None
-    assert ex.picture in ex.children and bytes(ex.picture.value).startswith(b"\x89PNG")
-    first = ex.picture.value
-    ex.y_slider.value = (0.0, 20.0)  # the sliders move the box and the figure is re-rendered
-    assert ex.box[1::2] == (0.0, 20.0) and ex.picture.value != first
-    with pytest.raises(ValueError, match="ipympl"):
-        Explorer(photo, backend="ipympl")
-
-
-def test_explorer_from_sample_name_and_features():
-    ex = Explorer("checkerboard", backend="agg", size=32, output_size=2)
-    assert ex.model.image_size == (32, 32) and ex.model.n_channels == 1
-    ex = Explorer(torch.rand(1, 8, 6, 6), backend="agg", spatial_scale=0.5, output_size=2)
+def test_explorer_feature_map_input():
+    ex = Explorer(torch.rand(1, 8, 6, 6), spatial_scale=0.5, output_size=2)
     assert ex.stride_dropdown.disabled and ex.model.image_size == (12, 12)
-    with pytest.raises(ValueError, match="backend"):
-        Explorer("checkerboard", backend="tk")
+    assert ex.view.picture_shape == [6, 6, 3]
 
 
-# ------------------------------------------------------------------------------------ mouse (ipympl)
+def test_static_picture_is_stored_with_the_widget(explorer):
+    bundle = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    import base64
 
-
-def _mouse(ex, name, x, y):
-    """Send a mouse event at image point (x, y) through the canvas, as ipympl does."""
-    px, py = ex.image_ax.transData.transform((x, y))
-    MouseEvent(name, ex.figure.canvas, px, py, button=1)._process()
-
-
-def _drag(ex, start, end, steps=5):
-    _mouse(ex, "button_press_event", *start)
-    for t in np.linspace(0, 1, steps + 1)[1:]:
-        _mouse(ex, "motion_notify_event", start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
-    _mouse(ex, "button_release_event", *end)
-
-
-@pytest.fixture
-def live(photo) -> Explorer:
-    pytest.importorskip("ipympl")
-    with warnings.catch_warnings():  # ipympl's toolbar passes traitlets an argument it deprecates
-        warnings.filterwarnings("ignore", "Passing unrecognized arguments", DeprecationWarning)
-        ex = Explorer(photo, backend="ipympl", boxes=[(10.0, 10.0, 40.0, 30.0)], output_size=4)
-    ex.figure.canvas.draw()  # what the front-end asks for when it shows the canvas
-    return ex
-
-
-def test_drag_a_corner_resizes_the_box(live):
-    assert live.selector is not None and live.canvas in live.children
-    assert "roiviz-canvas" in live.canvas._dom_classes
-    before = _panel_data(live)
-    _drag(live, (40.0, 30.0), (52.0, 45.0))  # the bottom-right handle
-    x1, y1, x2, y2 = live.box
-    assert (x1, y1) == pytest.approx((10.0, 10.0)) and (x2, y2) == pytest.approx((52.0, 45.0), abs=0.5)
-    assert live.status.value.startswith(f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f})")
-    assert live.model.dragging is False and live.model.results.metrics is not None
-    assert any(not np.array_equal(before[n], a) for n, a in _panel_data(live).items())
-
-
-def test_drag_moves_the_box(live):
-    _drag(live, (25.0, 20.0), (35.0, 30.0))  # from inside: move
-    assert live.box == pytest.approx((20.0, 20.0, 50.0, 40.0), abs=0.5)
-
-
-def test_drag_outside_is_clamped_and_a_click_keeps_the_box(live):
-    _drag(live, (40.0, 30.0), (70.0, 75.0))  # the corner dragged past the edge of the 64x64 image
-    assert live.box == pytest.approx((10.0, 10.0, 64.0, 64.0))
-    _mouse(live, "button_press_event", 5.0, 60.0)  # a bare click outside the box
-    _mouse(live, "button_release_event", 5.0, 60.0)
-    assert live.box == pytest.approx((10.0, 10.0, 64.0, 64.0))
-    assert "a click without a drag draws no box" in live.status.value
-    assert live.selector.extents == pytest.approx((10.0, 64.0, 10.0, 64.0)) and live.selector.get_visible()
-    _drag(live, (20.0, 20.0), (30.0, 30.0))  # the box can still be grabbed and moved
-    assert live.box[:2] == pytest.approx((20.0, 20.0)) and live.box[2:] == (64.0, 64.0)
-
-
-def test_drag_along_a_line_is_widened_with_a_message(live):
-    _drag(live, (5.0, 50.0), (25.0, 50.0))  # a new box of zero height
-    x1, y1, x2, y2 = live.box
-    assert (x1, x2) == pytest.approx((5.0, 25.0)) and y2 - y1 == pytest.approx(1.0)
-    assert "zero height: widened to 1 px" in live.status.value
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG")
+    fig = static_figure(explorer.model)
+    assert fig.get_figwidth() <= 10 and len(fig.axes) >= 2 + len(STRATEGIES)

@@ -1,0 +1,552 @@
+// The Explorer's view: draws what the kernel computed, and reports the pointer.
+//
+// Every number shown comes from roiviz.widgets.ExplorerModel (Python); this module only draws
+// them on canvases and sends the dragged box back. A drag is drawn here at once; the box goes
+// to the kernel with at most one request in flight: while one is pending, only the latest box
+// is kept (latest wins, never a backlog), and it is sent when the kernel's frame for the
+// previous one arrives. The frame a kernel sends: `frame` (JSON: boxes, status, layout,
+// offsets) and `frame_data` (one binary buffer: float32 values, int16 read windows, RGB/index
+// colour bytes), see ExplorerView.frame_payload in roiviz/widgets.py.
+
+const ACTIVE = "#ff3b30";
+const OTHERS = ["#0a84ff", "#ffd60a", "#30d158", "#bf5af2", "#ff9f0a", "#64d2ff"];
+const LOST = "rgba(255, 59, 48, 0.55)";
+const GAINED = "rgba(10, 132, 255, 0.55)";
+const HANDLE = 8; // handle side, CSS px
+const GRAB = 7; // how close to an edge or corner the pointer grabs it, CSS px
+
+function bytesOf(v) {
+  if (!v) return new Uint8Array(0);
+  if (v instanceof Uint8Array) return v;
+  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (v.buffer) return new Uint8Array(v.buffer, v.byteOffset || 0, v.byteLength);
+  return new Uint8Array(0);
+}
+
+function f32(u8, off, n) {
+  return new Float32Array(u8.slice(off, off + 4 * n).buffer);
+}
+
+function i16(u8, off, n) {
+  return new Int16Array(u8.slice(off, off + 2 * n).buffer);
+}
+
+function el(tag, cls, parent) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+function sizeCanvas(canvas, w, h) {
+  const dpr = window.devicePixelRatio || 1;
+  canvas.style.width = `${w}px`;
+  canvas.style.height = `${h}px`;
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  return ctx;
+}
+
+// An RGB (or grey) byte image as an offscreen canvas of its own size, one cell per pixel.
+function bitmap(u8, h, w, c) {
+  const cv = document.createElement("canvas");
+  cv.width = Math.max(w, 1);
+  cv.height = Math.max(h, 1);
+  if (!h || !w) return cv;
+  const ctx = cv.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const r = u8[i * c], g = u8[i * c + (c > 1 ? 1 : 0)], b = u8[i * c + (c > 2 ? 2 : 0)];
+    img.data[4 * i] = r;
+    img.data[4 * i + 1] = g;
+    img.data[4 * i + 2] = b;
+    img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  return cv;
+}
+
+function render({ model, el: host }) {
+  const root = el("div", "roiviz-view", host);
+  const status = el("div", "roiviz-status", root);
+  const row = el("div", "roiviz-row", root);
+  const left = el("div", "roiviz-left", row);
+  const picture = el("canvas", "roiviz-image", left);
+  picture.setAttribute("aria-label", "picture: drag the box or its handles");
+  const hint = el("div", "roiviz-caption", left);
+  hint.textContent = "drag the box to move it, a handle to resize it, elsewhere to draw a new one";
+  const mid = el("div", "roiviz-mid", row);
+  const mapTitle = el("div", "roiviz-title", mid);
+  const mapCanvas = el("canvas", "roiviz-map", mid);
+  const mapCaption = el("div", "roiviz-caption", mid);
+  const bar = el("div", "roiviz-colorbar", mid);
+  const barCanvas = el("canvas", "", bar);
+  const barText = el("div", "roiviz-caption", bar);
+  const panels = el("div", "roiviz-panels", row);
+  const hover = el("div", "roiviz-hover", root);
+  const metrics = el("div", "roiviz-metrics", root);
+
+  const state = {
+    frame: null, data: new Uint8Array(0), pictureBitmap: null, mapBitmap: null, mapKey: "",
+    drag: null, localBox: null, seq: 0, inflight: null, pending: null, hover: null,
+    sentAt: new Map(), latencies: [], settles: [], panelCanvases: {},
+  };
+  // For the benchmark: latencies of pointer move -> panels repainted, in ms.
+  host.__roiviz = state;
+
+  const S = () => model.get("scale");
+
+  function settledFlag() {
+    const settled = !state.drag && state.inflight === null && state.pending === null;
+    if (settled && state.releasedAt !== undefined) {
+      // For the benchmark: mouse-up -> last frame painted.
+      const t = state.releasedAt;
+      state.releasedAt = undefined;
+      requestAnimationFrame(() => state.settles.push(performance.now() - t));
+    }
+    host.dataset.settled = settled ? "true" : "false";
+    host.dataset.seq = String(state.frame ? state.frame.seq : -1);
+  }
+
+  // ------------------------------------------------------------------ data from the kernel
+  function loadPicture() {
+    const shape = model.get("picture_shape");
+    state.pictureBitmap = bitmap(bytesOf(model.get("picture")), shape[0], shape[1], shape[2]);
+  }
+
+  function loadFrame() {
+    state.frame = model.get("frame");
+    state.data = bytesOf(model.get("frame_data"));
+    const f = state.frame;
+    if (!f || !f.map) return;
+    const key = `${f.map.key}`;
+    if (key !== state.mapKey) {
+      state.mapBitmap = bitmap(bytesOf(model.get("map_image")), f.map.h, f.map.w, 3);
+      state.mapKey = key;
+    }
+    if (state.inflight !== null && f.seq >= state.inflight) {
+      const t0 = state.sentAt.get(state.inflight);
+      state.inflight = null;
+      if (state.pending !== null) {
+        const p = state.pending;
+        state.pending = null;
+        send(p.box, p.dragging, p.t0);
+      }
+      if (t0 !== undefined) {
+        // Measured after this frame is painted (below).
+        requestAnimationFrame(() => state.latencies.push(performance.now() - t0));
+      }
+    }
+    if (!state.drag) state.localBox = null;
+    draw();
+  }
+
+  // ------------------------------------------------------------------ sending the box
+  function send(box, dragging, t0) {
+    if (state.inflight !== null) {
+      state.pending = { box, dragging, t0 };  // latest wins
+      settledFlag();
+      return;
+    }
+    state.seq += 1;
+    state.inflight = state.seq;
+    state.sentAt.set(state.seq, t0 === undefined ? performance.now() : t0);
+    if (state.sentAt.size > 200) state.sentAt.delete(state.sentAt.keys().next().value);
+    model.send({ type: "box", box, dragging, seq: state.seq });
+    settledFlag();
+  }
+
+  // ------------------------------------------------------------------ drawing
+  function activeBox() {
+    const f = state.frame;
+    if (state.localBox) return state.localBox;
+    return f ? f.boxes[f.active] : null;
+  }
+
+  function drawPicture() {
+    const f = state.frame;
+    if (!f) return;
+    const [ih, iw] = f.image_size;
+    const s = S();
+    const W = Math.round(iw * s), H = Math.round(ih * s);
+    const ctx = sizeCanvas(picture, W, H);
+    ctx.clearRect(0, 0, W, H);
+    if (state.pictureBitmap) ctx.drawImage(state.pictureBitmap, 0, 0, W, H);
+    // Inactive ROIs: dashed, thinner, in their own colours.
+    f.boxes.forEach((b, i) => {
+      if (i === f.active) return;
+      ctx.save();
+      ctx.setLineDash([5, 4]);
+      ctx.lineWidth = 1.5;
+      ctx.strokeStyle = OTHERS[i % OTHERS.length];
+      ctx.globalAlpha = 0.85;
+      ctx.strokeRect(b[0] * s, b[1] * s, (b[2] - b[0]) * s, (b[3] - b[1]) * s);
+      ctx.fillStyle = OTHERS[i % OTHERS.length];
+      ctx.font = "11px sans-serif";
+      ctx.fillText(`ROI ${i + 1}`, b[0] * s + 3, b[1] * s + 12);
+      ctx.restore();
+    });
+    const b = activeBox();
+    if (!b) return;
+    // The active ROI: a solid 2-px outline centred on the box edge (edges snapped to whole
+    // screen pixels, so the drawn edge is within half a pixel of the model's), a dark halo on
+    // both sides for contrast on any picture, and eight handles.
+    const L = Math.round(b[0] * s), T = Math.round(b[1] * s), R = Math.round(b[2] * s), B = Math.round(b[3] * s);
+    ctx.fillStyle = "rgba(0, 0, 0, 0.75)";
+    ctx.fillRect(L - 2, T - 2, R - L + 4, 1);
+    ctx.fillRect(L - 2, B + 1, R - L + 4, 1);
+    ctx.fillRect(L - 2, T - 2, 1, B - T + 4);
+    ctx.fillRect(R + 1, T - 2, 1, B - T + 4);
+    ctx.fillRect(L + 1, T + 1, R - L - 2, 1);
+    ctx.fillRect(L + 1, B - 2, R - L - 2, 1);
+    ctx.fillRect(L + 1, T + 1, 1, B - T - 2);
+    ctx.fillRect(R - 2, T + 1, 1, B - T - 2);
+    ctx.fillStyle = ACTIVE;
+    ctx.fillRect(L - 1, T - 1, R - L + 2, 2);
+    ctx.fillRect(L - 1, B - 1, R - L + 2, 2);
+    ctx.fillRect(L - 1, T - 1, 2, B - T + 2);
+    ctx.fillRect(R - 1, T - 1, 2, B - T + 2);
+    const hs = HANDLE, xs = [L, (L + R) / 2, R], ys = [T, (T + B) / 2, B];
+    for (const y of ys) for (const x of xs) {
+      if (x === xs[1] && y === ys[1]) continue;
+      ctx.fillStyle = "#ffffff";
+      ctx.fillRect(Math.round(x - hs / 2), Math.round(y - hs / 2), hs, hs);
+      ctx.strokeStyle = "#000000";
+      ctx.lineWidth = 1;
+      ctx.strokeRect(Math.round(x - hs / 2) + 0.5, Math.round(y - hs / 2) + 0.5, hs - 1, hs - 1);
+    }
+  }
+
+  function mapView(f) {
+    const [mx1, my1, mx2, my2] = f.map_box;
+    const [c0, r0, c1, r1] = f.region;
+    const pad = Math.max(1, 0.15 * Math.max(mx2 - mx1, my2 - my1));
+    const lx = Math.min(mx1, c0) - pad, hx = Math.max(mx2, c1) + pad;
+    const ly = Math.min(my1, r0) - pad, hy = Math.max(my2, r1) + pad;
+    const side = Math.max(hx - lx, hy - ly);
+    return { x0: (lx + hx) / 2 - side / 2, y0: (ly + hy) / 2 - side / 2, side };
+  }
+
+  function drawMap() {
+    const f = state.frame;
+    if (!f) return;
+    const P = 200;
+    const ctx = sizeCanvas(mapCanvas, P, P);
+    ctx.fillStyle = "#1c1c1e";
+    ctx.fillRect(0, 0, P, P);
+    const v = mapView(f);
+    const k = P / v.side;
+    const X = (x) => (x - v.x0) * k, Y = (y) => (y - v.y0) * k;
+    if (state.mapBitmap) ctx.drawImage(state.mapBitmap, X(0), Y(0), f.map.w * k, f.map.h * k);
+    // ROI Pool's rounding: box cells dropped (red) and cells added (blue).
+    const [bx0, by0, bx1, by1] = f.box_region;
+    const [c0, r0, c1, r1] = f.region;
+    const ya = Math.min(by0, r0), yb = Math.max(by1, r1), xa = Math.min(bx0, c0), xb = Math.max(bx1, c1);
+    for (let r = ya; r < yb; r++) for (let c = xa; c < xb; c++) {
+      const inBox = r >= by0 && r < by1 && c >= bx0 && c < bx1;
+      const inCrop = r >= r0 && r < r1 && c >= c0 && c < c1;
+      if (inBox === inCrop) continue;
+      ctx.fillStyle = inBox ? LOST : GAINED;
+      ctx.fillRect(X(c), Y(r), k, k);
+    }
+    ctx.strokeStyle = "#ffffff";
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(X(c0), Y(r0), (c1 - c0) * k, (r1 - r0) * k);
+    const [mx1, my1, mx2, my2] = f.map_box;
+    ctx.save();
+    ctx.setLineDash([4, 3]);
+    ctx.strokeStyle = ACTIVE;
+    ctx.strokeRect(X(mx1), Y(my1), (mx2 - mx1) * k, (my2 - my1) * k);
+    ctx.restore();
+    // ROI Align's samples: dots no wider than a fifth of their spacing, so the map shows between.
+    const sm = f.samples;
+    let note = "";
+    if (sm && sm.shown) {
+      const xs = f32(state.data, sm.x_off, sm.nx), ys = f32(state.data, sm.y_off, sm.ny);
+      const spacing = Math.min(minGap(xs), minGap(ys)) * k;
+      const r = Math.max(0.6, Math.min(2.5, spacing / 5));
+      ctx.fillStyle = spacing < 4 ? "rgba(255, 159, 10, 0.6)" : "#ff9f0a";
+      for (const y of ys) for (const x of xs) {
+        ctx.beginPath();
+        ctx.arc(X(x), Y(y), r, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+      note = `ROI Align: ${sm.nx * sm.ny} samples, ${sm.grid[0]}x${sm.grid[1]} per bin` +
+        (r < 2.5 ? `; dots shrunk to ${r.toFixed(1)} px so the map shows between them` : "");
+    }
+    drawHoverOnMap(ctx, f, X, Y, k);
+    mapTitle.textContent = `map the strategies read: ${f.map.h}x${f.map.w} cells (zoomed)`;
+    mapCaption.textContent = "white: whole cells ROI Pool keeps; red: box cells it drops; blue: cells it adds. " + note;
+  }
+
+  function minGap(a) {
+    let g = Infinity;
+    for (let i = 1; i < a.length; i++) if (a[i] - a[i - 1] > 1e-9) g = Math.min(g, a[i] - a[i - 1]);
+    return g === Infinity ? 10 : g;
+  }
+
+  function drawHoverOnMap(ctx, f, X, Y, k) {
+    const h = state.hover;
+    if (!h) return;
+    const p = f.panels.find((q) => q.name === h.name);
+    if (!p) return;
+    const w = i16(state.data, p.win_off, 4 * f.output_size);
+    const n = f.output_size;
+    const r0 = w[h.i], r1 = w[n + h.i], c0 = w[2 * n + h.j], c1 = w[3 * n + h.j];
+    ctx.save();
+    if (r1 > r0 && c1 > c0) {
+      ctx.fillStyle = "rgba(255, 255, 255, 0.35)";
+      ctx.fillRect(X(c0), Y(r0), (c1 - c0) * k, (r1 - r0) * k);
+      ctx.strokeStyle = "#ffffff";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(X(c0), Y(r0), (c1 - c0) * k, (r1 - r0) * k);
+    }
+    const sm = f.samples;
+    if (p.name === "roi_align" && sm && sm.nx && sm.ny) {
+      const xs = f32(state.data, sm.x_off, sm.nx), ys = f32(state.data, sm.y_off, sm.ny);
+      const gx = sm.nx / n, gy = sm.ny / n;
+      ctx.fillStyle = "#ff2d55";
+      for (let a = 0; a < gy; a++) for (let b = 0; b < gx; b++) {
+        ctx.beginPath();
+        ctx.arc(X(xs[h.j * gx + b]), Y(ys[h.i * gy + a]), 2.5, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    }
+    ctx.restore();
+  }
+
+  function drawPanels() {
+    const f = state.frame;
+    if (!f) return;
+    const n = f.output_size;
+    const cell = Math.max(4, Math.floor(140 / n));
+    const names = f.panels.map((p) => p.name);
+    // Rebuild the panel elements only when the shown strategies change.
+    if (panels.dataset.names !== names.join(",")) {
+      panels.innerHTML = "";
+      state.panelCanvases = {};
+      for (const p of f.panels) {
+        const box = el("div", "roiviz-panel", panels);
+        const t = el("div", "roiviz-title", box);
+        t.textContent = p.name;
+        const cv = el("canvas", "roiviz-panel-canvas", box);
+        cv.dataset.strategy = p.name;
+        cv.addEventListener("pointermove", (e) => onPanelHover(e, p.name));
+        cv.addEventListener("pointerleave", () => { state.hover = null; hover.textContent = ""; drawMap(); });
+        state.panelCanvases[p.name] = cv;
+      }
+      panels.dataset.names = names.join(",");
+      if (!f.panels.length) el("div", "roiviz-caption", panels).textContent = "no strategy selected";
+    }
+    const lut = bytesOf(model.get("lut"));
+    for (const p of f.panels) {
+      const cv = state.panelCanvases[p.name];
+      const ctx = sizeCanvas(cv, n * cell, n * cell);
+      cv.dataset.cell = String(cell);
+      cv.dataset.n = String(n);
+      const c = state.data;
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+        let r, g, b;
+        if (f.scale.kind === "rgb") {
+          const o = p.colors_off + 3 * (i * n + j);
+          r = c[o]; g = c[o + 1]; b = c[o + 2];
+        } else {
+          const idx = c[p.colors_off + i * n + j];
+          r = lut[3 * idx]; g = lut[3 * idx + 1]; b = lut[3 * idx + 2];
+        }
+        ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+        ctx.fillRect(j * cell, i * cell, cell, cell);
+      }
+      if (state.hover && state.hover.name === p.name) {
+        ctx.strokeStyle = "#ffffff";
+        ctx.lineWidth = 2;
+        ctx.strokeRect(state.hover.j * cell + 1, state.hover.i * cell + 1, cell - 2, cell - 2);
+      }
+    }
+  }
+
+  function drawColorbar() {
+    const f = state.frame;
+    if (!f) return;
+    const ctx = sizeCanvas(barCanvas, 160, 12);
+    if (f.scale.kind === "rgb") {
+      const g = ctx.createLinearGradient(0, 0, 160, 0);
+      g.addColorStop(0, "#000");
+      g.addColorStop(1, "#fff");
+      ctx.fillStyle = g;
+      ctx.fillRect(0, 0, 160, 12);
+      barText.textContent = `RGB, each channel ${fmt(f.scale.lo)} .. ${fmt(f.scale.hi)}: one scale for the map and every panel`;
+      return;
+    }
+    const lut = bytesOf(model.get("lut"));
+    for (let x = 0; x < 160; x++) {
+      const idx = Math.min(255, Math.floor((x / 160) * 256));
+      ctx.fillStyle = `rgb(${lut[3 * idx]}, ${lut[3 * idx + 1]}, ${lut[3 * idx + 2]})`;
+      ctx.fillRect(x, 0, 1, 12);
+    }
+    barText.textContent = `${fmt(f.scale.lo)} .. ${fmt(f.scale.hi)}: one scale for the map and every panel. ` + f.scale.note;
+  }
+
+  function fmt(v) {
+    return Math.abs(v) >= 100 || (Math.abs(v) < 0.01 && v !== 0) ? v.toExponential(2) : v.toFixed(3);
+  }
+
+  function onPanelHover(e, name) {
+    const f = state.frame;
+    if (!f) return;
+    const n = f.output_size;
+    const rect = e.target.getBoundingClientRect();
+    const j = Math.min(n - 1, Math.max(0, Math.floor(((e.clientX - rect.left) / rect.width) * n)));
+    const i = Math.min(n - 1, Math.max(0, Math.floor(((e.clientY - rect.top) / rect.height) * n)));
+    if (state.hover && state.hover.name === name && state.hover.i === i && state.hover.j === j) return;
+    state.hover = { name, i, j };
+    const p = f.panels.find((q) => q.name === name);
+    const w = i16(state.data, p.win_off, 4 * n);
+    let value = "";
+    if (p.values_off >= 0) value = ` = ${f32(state.data, p.values_off + 4 * (i * n + j), 1)[0].toPrecision(4)}`;
+    else {
+      const o = p.colors_off + 3 * (i * n + j);
+      value = ` = RGB bytes (${state.data[o]}, ${state.data[o + 1]}, ${state.data[o + 2]})`;
+    }
+    const reads = w[n + i] > w[i] && w[3 * n + j] > w[2 * n + j]
+      ? `reads map rows ${w[i]}..${w[n + i] - 1}, columns ${w[2 * n + j]}..${w[3 * n + j] - 1}`
+      : "reads no cell (zero fill)";
+    hover.textContent = `${name}[${i}, ${j}]${value}: ${reads} (highlighted on the map)`;
+    drawPanels();
+    drawMap();
+  }
+
+  function draw() {
+    const f = state.frame;
+    if (!f) return;
+    status.textContent = f.status;
+    status.classList.toggle("roiviz-has-error", !!f.error);
+    metrics.innerHTML = f.metrics;
+    drawPicture();
+    drawMap();
+    drawPanels();
+    drawColorbar();
+    settledFlag();
+  }
+
+  // ------------------------------------------------------------------ the pointer on the picture
+  function where(e) {
+    const r = picture.getBoundingClientRect();
+    const s = S();
+    return { x: (e.clientX - r.left) / s, y: (e.clientY - r.top) / s, px: e.clientX - r.left, py: e.clientY - r.top };
+  }
+
+  function grab(p, b) {
+    const s = S();
+    const near = (a, v) => Math.abs(a - v * s) <= GRAB;
+    const inside = p.px >= b[0] * s - GRAB && p.px <= b[2] * s + GRAB && p.py >= b[1] * s - GRAB && p.py <= b[3] * s + GRAB;
+    if (!inside) return null;
+    const l = near(p.px, b[0]), r = near(p.px, b[2]), t = near(p.py, b[1]), bt = near(p.py, b[3]);
+    if (l || r || t || bt) return { l, r, t, b: bt };
+    if (p.px > b[0] * s && p.px < b[2] * s && p.py > b[1] * s && p.py < b[3] * s) return { move: true };
+    return null;
+  }
+
+  function cursorFor(g) {
+    if (!g) return "crosshair";
+    if (g.move) return "move";
+    if ((g.l && g.t) || (g.r && g.b)) return "nwse-resize";
+    if ((g.r && g.t) || (g.l && g.b)) return "nesw-resize";
+    return g.l || g.r ? "ew-resize" : "ns-resize";
+  }
+
+  picture.addEventListener("pointerdown", (e) => {
+    const f = state.frame;
+    if (!f || e.button !== 0) return;
+    const p = where(e);
+    const b = f.boxes[f.active];
+    let g = grab(p, b);
+    if (!g) {
+      // Inside another ROI: make it the active one.
+      const other = f.boxes.findIndex((q, i) => i !== f.active && p.x > q[0] && p.x < q[2] && p.y > q[1] && p.y < q[3]);
+      if (other >= 0) {
+        model.send({ type: "active", index: other });
+        return;
+      }
+      g = { fresh: true };
+    }
+    picture.setPointerCapture(e.pointerId);
+    state.drag = { g, start: p, box: b.slice() };
+    e.preventDefault();
+    settledFlag();
+  });
+
+  picture.addEventListener("pointermove", (e) => {
+    const f = state.frame;
+    if (!f) return;
+    const p = where(e);
+    if (!state.drag) {
+      picture.style.cursor = cursorFor(grab(p, f.boxes[f.active]));
+      return;
+    }
+    const t0 = e.timeStamp || performance.now();  // when the input event happened
+    const { g, start, box } = state.drag;
+    const [ih, iw] = f.image_size;
+    const dx = p.x - start.x, dy = p.y - start.y;
+    let nb = box.slice();
+    if (g.move) {
+      const w = box[2] - box[0], h = box[3] - box[1];
+      const x1 = Math.min(Math.max(box[0] + dx, 0), iw - w), y1 = Math.min(Math.max(box[1] + dy, 0), ih - h);
+      nb = [x1, y1, x1 + w, y1 + h];
+    } else if (g.fresh) {
+      nb = [Math.min(start.x, p.x), Math.min(start.y, p.y), Math.max(start.x, p.x), Math.max(start.y, p.y)];
+    } else {
+      if (g.l) nb[0] = box[0] + dx;
+      if (g.r) nb[2] = box[2] + dx;
+      if (g.t) nb[1] = box[1] + dy;
+      if (g.b) nb[3] = box[3] + dy;
+    }
+    nb = nb.map((v, i) => Math.min(Math.max(v, 0), i % 2 ? ih : iw));
+    state.localBox = nb;
+    drawPicture();  // the box follows the pointer in this frame
+    if (nb[2] - nb[0] > 0 && nb[3] - nb[1] > 0) send(nb, true, t0);
+  });
+
+  function release(e) {
+    if (!state.drag) return;
+    state.releasedAt = e.timeStamp || performance.now();
+    const b = state.localBox;
+    state.drag = null;
+    if (picture.hasPointerCapture && picture.hasPointerCapture(e.pointerId)) picture.releasePointerCapture(e.pointerId);
+    if (b) send(b, false);  // the kernel validates it (clamp, widen) and adds the metrics
+    else {
+      state.localBox = null;
+      settledFlag();
+    }
+  }
+  picture.addEventListener("pointerup", release);
+  picture.addEventListener("pointercancel", release);
+
+  model.on("change:picture", () => { loadPicture(); draw(); });
+  // One message sets `frame` and `frame_data` together: load them once.
+  let queued = false;
+  const onFrame = () => {
+    if (queued) return;
+    queued = true;
+    queueMicrotask(() => { queued = false; loadFrame(); });
+  };
+  model.on("change:frame", onFrame);
+  model.on("change:frame_data", onFrame);
+  model.on("change:scale", draw);
+  loadPicture();
+  loadFrame();
+  return () => {
+    model.off("change:picture");
+    model.off("change:frame");
+    model.off("change:frame_data");
+    model.off("change:scale");
+  };
+}
+
+export default { render };
