@@ -41,6 +41,7 @@ import traitlets as T
 from . import viz
 from ._checks import trusted_boxes
 from ._threads import torch_threads
+from .boxes import sample_grid
 from .metrics import box_cells
 from .ops.roi_align import roi_align
 from .reference import roi_pool_bins
@@ -116,30 +117,17 @@ def sample_points(
     ([[1.0, 1.0], [3.0, 1.0], [1.0, 3.0], [3.0, 3.0]], 4)
     """
     ph_n, pw_n = output_size
-    # float32, in the kernel's order: the points roi_align really samples on a float32 map
-    # (a 1e-12-tall box has height 0 there: 1e-12 - 0.5 rounds back to -0.5).
-    f = np.float32
-    offset = f(0.5) if aligned else f(0.0)
-    x1, y1, x2, y2 = (f(v) * f(spatial_scale) for v in box)
-    start_w, start_h = x1 - offset, y1 - offset
-    roi_w, roi_h = (x2 - offset) - start_w, (y2 - offset) - start_h
-    if not aligned:  # legacy ROI Align forces a malformed box to at least 1x1
-        roi_w, roi_h = max(roi_w, f(1.0)), max(roi_h, f(1.0))
-    bin_h, bin_w = roi_h / f(ph_n), roi_w / f(pw_n)
-    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / f(ph_n))
-    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / f(pw_n))
-    # y of sample iy in bin ph: start + ph * bin + (iy + 0.5) * bin / grid.
-    ph = np.arange(ph_n, dtype=f)[:, None]
-    pw = np.arange(pw_n, dtype=f)[:, None]
-    iy = np.arange(grid_h, dtype=f)[None, :] + f(0.5)
-    ix = np.arange(grid_w, dtype=f)[None, :] + f(0.5)
-    ys = start_h + ph * bin_h + iy * bin_h / f(max(grid_h, 1))
-    xs = start_w + pw * bin_w + ix * bin_w / f(max(grid_w, 1))
+    # float32, in the kernel's order (roiviz.boxes): the points roi_align really samples on a
+    # float32 map (a 1e-12-tall box has height 0 there: 1e-12 - 0.5 rounds back to -0.5).
+    roi = torch.tensor([[0.0, *box]], dtype=torch.float32)
+    ys, xs, grid_h, grid_w = sample_grid(roi, spatial_scale, ph_n, pw_n, sampling_ratio, aligned)
+    gh, gw = int(grid_h[0]), int(grid_w[0])
+    ys, xs = ys[0, :, :gh].double().numpy(), xs[0, :, :gw].double().numpy()  # [PH, GH], [PW, GW]
     # In the reference's order: bin (ph, pw), then sample (iy, ix).
     yy, xx = np.broadcast_arrays(ys[:, None, :, None], xs[None, :, None, :])  # [PH, PW, GH, GW]
-    yy, xx = yy.ravel().astype(np.float64), xx.ravel().astype(np.float64)
+    yy, xx = yy.ravel(), xx.ravel()
     outside = (yy < -1.0) | (yy > height) | (xx < -1.0) | (xx > width)
-    return np.stack([xx + 0.5, yy + 0.5], axis=1), outside, max(grid_h * grid_w, 1)
+    return np.stack([xx + 0.5, yy + 0.5], axis=1), outside, max(gh * gw, 1)
 
 
 def _float_box(value: Any) -> Box:
