@@ -20,6 +20,7 @@ CONDA_NAMES = {"torch": "pytorch"}
 
 
 def _requirement(spec: str) -> tuple[str, str]:
+    spec = spec.split(";")[0]  # an environment marker is where, not what
     match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*(.*)", spec.strip())
     assert match, spec
     return match.group(1).lower(), match.group(2).replace(" ", "")
