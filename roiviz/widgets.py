@@ -590,7 +590,8 @@ def read_windows(
     Every strategy is separable: output cell ``(i, j)`` reads rows ``[r0[i], r1[i])`` and
     columns ``[c0[j], c1[j])`` of the map (possibly empty, e.g. ``crop``'s zero fill). Returns
     ``int16 [4, n]``: ``r0, r1, c0, c1``. For ROI Align these are the cells its bilinear taps
-    touch; for a strategy not listed here, the cells with a non-zero gradient (a probe).
+    touch on a float32 map (the Explorer's), from the kernel's own float32 sample coordinates;
+    for a strategy not listed here, the cells with a non-zero gradient (a probe).
 
     Examples
     --------
