@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 ROOT   := $(filter 0,$(shell id -u))
 
-.PHONY: lab test install-notebooks install-test chromium notebooks screenshots bench lint fixtures clean
+.PHONY: lab test install-notebooks install-test chromium notebooks screenshots bench gpu-check lint fixtures clean
 
 lab: install-notebooks
 	$(BIN)/jupyter lab notebooks/ $(if $(ROOT),--allow-root)
@@ -45,6 +45,11 @@ screenshots: install-test chromium
 
 bench: install-test
 	$(BIN)/roiviz bench
+
+# On a machine with an NVIDIA GPU: the CUDA tests, exactness, determinism and `roiviz bench
+# --device cuda` against torchvision, in one JSON + figure (see scripts/gpu_check.sh).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 lint: install-test
 	$(BIN)/ruff check .
