@@ -414,7 +414,8 @@ def test_the_switch_selects_the_implementation(monkeypatch):
     with kernels("numba"):
         assert torch.equal(roiviz.roi_align(x, boxes, 7, 0.5, 2, True), a)
         assert torch.equal(roiviz.roi_pool(x, boxes, 7, 0.5), p)
-    assert calls == [_numba.roi_align_forward, _numba.roi_pool_forward]
+    kernels_run = [k for k in calls if k is not _numba._to_channels_last]  # and the input's copy
+    assert kernels_run == [_numba.roi_align_forward, _numba.roi_pool_forward]
     with kernels("fortran"), pytest.raises(ValueError, match="ROIVIZ_KERNELS"):
         roiviz.roi_align(x, boxes, 7)
 
@@ -476,3 +477,26 @@ def test_adaptive_sampling_and_roi_pool_do_read_the_host():
         roiviz.roi_align(x, boxes, 2, 1.0, -1, True)
     with pytest.raises(RuntimeError, match="meta"):
         roiviz.roi_pool(x, boxes, 2, 1.0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_kernels_read_any_memory_format_and_roi_pool_needs_no_argmax_without_gradient(memory_format, dtype):
+    """The kernels' channels-last copy (numba's threads), the view of a channels-last input and
+    torch's copy of a strided one give the same results; a roi_pool forward that no gradient
+    will follow (no_grad, or an input that does not require grad) skips the argmax and gives
+    the same output as one that keeps it."""
+    x, boxes = _case(11)
+    x = x.to(dtype)
+    ref_a = reference.roi_align(x, boxes, 5, 0.5, 2, True)
+    ref_p = reference.roi_pool(x, boxes, 5, 0.5)
+    for variant in (x.to(memory_format=memory_format), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        assert torch.equal(roiviz.roi_align(variant, boxes, 5, 0.5, 2, True), ref_a)
+        with torch.no_grad():
+            assert torch.equal(roiviz.roi_pool(variant, boxes, 5, 0.5), ref_p)
+        assert torch.equal(roiviz.roi_pool(variant, boxes, 5, 0.5), ref_p)
+        leaf = variant.detach().requires_grad_(True)
+        out = roiviz.roi_pool(leaf, boxes, 5, 0.5)
+        assert torch.equal(out, ref_p) and out.requires_grad
+        (g,) = torch.autograd.grad(out.sum(), leaf)
+        assert torch.equal(g, reference.roi_pool_backward(x, boxes, torch.ones_like(ref_p), 0.5))

@@ -143,7 +143,7 @@ class _RoIAlignCPU(torch.autograd.Function):
                 aligned: bool) -> Tensor:
         from . import _numba  # imports numba (a second) on first use, not with roiviz
 
-        x = channels_last(input)  # [N, H, W, C] in the compute dtype
+        x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
         r = rois.detach()
         out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
         if out.numel():

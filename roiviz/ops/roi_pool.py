@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from .._checks import check_eager
 from ..boxes import BoxesLike, compute_dtype, pool_bin_edges
 from . import _triton
-from ._common import channels_last, cpu_kernels_enabled
+from ._common import cpu_kernels_enabled
 from ._door import autocast_on, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIPool", "roi_pool"]
@@ -109,30 +109,40 @@ def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -
     if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
         return _triton.roi_pool(input, rois, ph_n, pw_n, scale)
     if input.device.type == "cpu" and cpu_kernels_enabled():
-        return _RoIPoolCPU.apply(input, rois, ph_n, pw_n, scale)[0]
+        if torch.is_grad_enabled() and input.requires_grad:
+            return _RoIPoolCPU.apply(input, rois, ph_n, pw_n, scale)[0]
+        return _roi_pool_cpu(input, rois, ph_n, pw_n, scale, with_argmax=False)[0]
     return _roi_pool_gather(input, rois, ph_n, pw_n, scale)
+
+
+def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor,
+                  with_argmax: bool) -> tuple[Tensor, Tensor]:
+    """The compiled forward: ``(out, argmax)``; without a gradient to come, no argmax (an empty
+    tensor): half the memory written, the same ``out``."""
+    from . import _numba  # imports numba (a second) on first use, not with roiviz
+
+    x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
+    r = rois.detach()
+    out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
+    argmax = torch.empty(out.shape if with_argmax else (0, 0, 0, 0), dtype=torch.int32)
+    if out.numel():
+        xs = x.numpy()
+        _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
+                      out.numpy(), argmax.numpy())
+    return out.to(input.dtype), argmax
 
 
 class _RoIPoolCPU(torch.autograd.Function):
     """roi_pool on CPU tensors through the compiled kernels of :mod:`roiviz.ops._numba`.
 
-    The forward saves the argmax ``[K, C, PH, PW]`` (int32, as torchvision does) only when a
-    gradient will be needed, and the batch index of every ROI; nothing is kept between calls.
+    Used only when a gradient will be needed (else :func:`_roi_pool_cpu` runs without argmax).
+    The forward saves the argmax ``[K, C, PH, PW]`` (int32, as torchvision's) and the batch
+    index of every ROI; nothing is kept between calls.
     """
 
     @staticmethod
     def forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor) -> tuple[Tensor, Tensor]:
-        from . import _numba  # imports numba (a second) on first use, not with roiviz
-
-        x = channels_last(input)  # [N, H, W, C] in the compute dtype
-        r = rois.detach()
-        out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
-        argmax = torch.empty(out.shape, dtype=torch.int32)
-        if out.numel():
-            xs = x.numpy()
-            _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                          out.numpy(), argmax.numpy())
-        return out.to(input.dtype), argmax
+        return _roi_pool_cpu(input, rois, ph_n, pw_n, scale, with_argmax=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
