@@ -405,7 +405,7 @@ def test_the_switch_selects_the_implementation(monkeypatch):
 
     calls = []
     real = _numba.launch
-    monkeypatch.setattr(_numba, "launch", lambda kernel, *args: calls.append(kernel) or real(kernel, *args))
+    monkeypatch.setattr(_numba, "launch", lambda kernel, *args, **kw: calls.append(kernel) or real(kernel, *args, **kw))
     x, boxes = _case(6)
     with kernels("torch"):
         a = roiviz.roi_align(x, boxes, 7, 0.5, 2, True)

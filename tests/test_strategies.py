@@ -71,7 +71,15 @@ def test_strategies_match_reference(case):
     args = (case.input, case.boxes, case.output_size, case.spatial_scale)
     for name in NAMES:
         out = roiviz.STRATEGIES[name](*args)
-        torch.testing.assert_close(out, REFERENCES[name](*args), **TOLERANCES[torch.float64], msg=name)
+        tol = dict(TOLERANCES[torch.float64])
+        if name == "prroi_pool":
+            # A bin's mean is an integral over its area: the closed form (kernels) and the
+            # reference's cell sums round differently, by about eps / (bin side in cells), which
+            # hypothesis's 1e-7-thin boxes raise far above 1e-12.
+            sides = (case.boxes[:, 3:] - case.boxes[:, 1:3]) * case.spatial_scale / torch.tensor(case.output_size[::-1])
+            thinnest = sides[sides > 0].min().item() if (sides > 0).any() else 1.0
+            tol["atol"] = max(tol["atol"], 1e-13 / thinnest)
+        torch.testing.assert_close(out, REFERENCES[name](*args), **tol, msg=name)
 
 
 @settings(max_examples=30, deadline=None)

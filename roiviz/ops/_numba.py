@@ -389,12 +389,79 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
         return torch_channels_last(input)
     n_n, c_n, height, width = input.shape
     out = torch.empty((n_n, height, width, c_n), dtype=input.dtype)
-    launch(_to_channels_last, input.detach().numpy(), out.numpy())
+    launch(_to_channels_last, input.detach().numpy(), out.numpy(), work=input.numel())
     return out
 
 
-def launch(kernel, *args) -> None:
-    """Run a compiled kernel with torch's intra-op thread count, one caller at a time."""
+# ------------------------------------------------------------------ serial twins, and launching
+# The same loops on the calling thread: each parallel kernel above has a twin that runs its
+# units in order (the same units, so the same results bit for bit).
+
+
+@njit(cache=True)
+def _roi_align_forward_serial(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out):
+    for k in range(rois.shape[0]):
+        _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out)
+
+
+@njit(cache=True)
+def _roi_align_backward_serial(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n_n, height, width, grad_in):
+    for unit in range(grad_in.shape[0] * n_n):
+        blk = unit // n_n
+        _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, blk * GRAD_BLOCK, unit % n_n,
+                              height, width, grad_in[blk])
+
+
+@njit(cache=True)
+def _roi_pool_forward_serial(x, rois, scale, ph_n, pw_n, out, argmax):
+    for k in range(rois.shape[0]):
+        _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax)
+
+
+@njit(cache=True)
+def _roi_pool_backward_serial(grad, argmax, batch, grad_in):
+    k_n, c_n, p_n = grad.shape
+    for c in range(c_n):
+        for k in range(k_n):
+            plane = grad_in[batch[k], c]
+            for p in range(p_n):
+                a = argmax[k, c, p]
+                if a != -1:
+                    plane[a] += grad[k, c, p]
+
+
+@njit(cache=True)
+def _to_channels_last_serial(x, out):
+    n_n, c_n, height, width = x.shape
+    for b in range(n_n):
+        for y in range(height):
+            for w in range(width):
+                for c in range(c_n):
+                    out[b, y, w, c] = x[b, c, y, w]
+
+
+_SERIAL = {
+    roi_align_forward: _roi_align_forward_serial,
+    roi_align_backward: _roi_align_backward_serial,
+    roi_pool_forward: _roi_pool_forward_serial,
+    roi_pool_backward: _roi_pool_backward_serial,
+    _to_channels_last: _to_channels_last_serial,
+}
+
+#: Below this many elements of work (outputs, or input cells) a kernel runs on the calling
+#: thread: waking numba's workqueue threads costs about 0.1 ms, more than a whole small call.
+SERIAL_BELOW = 1 << 15
+
+
+def launch(kernel, *args, work: int | None = None) -> None:
+    """Run a compiled kernel: on the calling thread when ``work`` is below
+    :data:`SERIAL_BELOW` or torch runs one thread (its serial twin), else in parallel with
+    torch's intra-op thread count, one caller at a time."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    serial = _SERIAL.get(kernel)
+    if serial is not None and (threads == 1 or (work is not None and work < SERIAL_BELOW)):
+        serial(*args)
+        return
     with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(threads)
         kernel(*args)

@@ -127,12 +127,31 @@ def _compute(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, s
     if input.is_cuda and _triton.available():  # Triton kernels, deterministic backward (ops/_triton.py)
         return _triton.roi_align(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     if input.device.type == "cpu" and cpu_kernels_enabled():
-        return _RoIAlignCPU.apply(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+        if torch.is_grad_enabled() and input.requires_grad:
+            return _RoIAlignCPU.apply(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+        # No gradient to come: the kernel alone (autograd.Function costs ~40 us a call).
+        return _roi_align_cpu(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
     return _roi_align_gather(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
 
 
+def _roi_align_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
+                   aligned: bool) -> Tensor:
+    """The compiled forward."""
+    from . import _numba  # imports numba (a second) on first use, not with roiviz
+
+    x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
+    r = rois.detach()
+    out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
+    if out.numel():
+        xs = x.numpy()
+        _numba.launch(_numba.roi_align_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
+                      sampling_ratio, aligned, out.numpy(), work=out.numel())
+    return out.to(input.dtype)
+
+
 class _RoIAlignCPU(torch.autograd.Function):
-    """roi_align on CPU tensors through the compiled kernels of :mod:`roiviz.ops._numba`.
+    """roi_align on CPU tensors through the compiled kernels of :mod:`roiviz.ops._numba`, when a
+    gradient will be needed (else :func:`_roi_align_cpu` runs alone).
 
     Nothing is kept between calls: the forward saves only the ROIs (``[K, 5]``), the backward
     allocates the input gradient and a channels-last copy of the output gradient.
@@ -141,16 +160,7 @@ class _RoIAlignCPU(torch.autograd.Function):
     @staticmethod
     def forward(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tensor, sampling_ratio: int,
                 aligned: bool) -> Tensor:
-        from . import _numba  # imports numba (a second) on first use, not with roiviz
-
-        x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
-        r = rois.detach()
-        out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
-        if out.numel():
-            xs = x.numpy()
-            _numba.launch(_numba.roi_align_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                          sampling_ratio, aligned, out.numpy())
-        return out.to(input.dtype)
+        return _roi_align_cpu(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -177,7 +187,7 @@ class _RoIAlignCPU(torch.autograd.Function):
             grad[..., :c_n] = grad_out.permute(0, 2, 3, 1)
             gi = grad_in.numpy()
             _numba.launch(_numba.roi_align_backward, grad.numpy(), rois.numpy(), gi.dtype.type(scale), ph_n, pw_n,
-                          sampling_ratio, aligned, n_n, height, width, gi)
+                          sampling_ratio, aligned, n_n, height, width, gi, work=grad_out.numel())
         grad_nchw = torch.empty(n_n, c_n, height, width, dtype=ctx.input_dtype)
         cells = height * width
         grad_nchw.view(n_n, c_n, cells).copy_(

@@ -128,7 +128,7 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
     if out.numel():
         xs = x.numpy()
         _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                      out.numpy(), argmax.numpy())
+                      out.numpy(), argmax.numpy(), work=out.numel())
     return out.to(input.dtype), argmax
 
 
@@ -164,7 +164,7 @@ class _RoIPoolCPU(torch.autograd.Function):
             k_n = grad_out.shape[0]
             grad = grad_out.to(dtype).reshape(k_n, c_n, -1).contiguous()  # [K, C, PH*PW]
             _numba.launch(_numba.roi_pool_backward, grad.numpy(), argmax.view(k_n, c_n, -1).numpy(), batch.numpy(),
-                          grad_in.numpy())
+                          grad_in.numpy(), work=grad_out.numel())
         return grad_in.view(ctx.input_shape).to(ctx.input_dtype), None, None, None, None
 
 
