@@ -792,7 +792,7 @@ class ExplorerView(anywidget.AnyWidget):
 
         ``frame_data`` holds, in this order (offsets in ``frame``): float32 values of each panel
         (single-channel views) and ROI Align's sample axes; int16 read windows of each panel
-        (:func:`read_windows`); the colour of each panel cell (an index into ``lut``, or RGB
+        (:func:`read_windows`; not in the frames of a drag, ``win_off`` -1); the colour of each panel cell (an index into ``lut``, or RGB
         bytes for a colour photo), computed here so that the browser only paints.
         """
         m, r = self.model, self.model.results
@@ -825,6 +825,10 @@ class ExplorerView(anywidget.AnyWidget):
         colors: list[np.ndarray] = []
         n_float = 0
         panels = []
+        # The read windows only serve the hover line, which a drag cannot use (the pointer is on
+        # the picture); they cost half of a drag frame (ROI Pool's bins, PrRoI Pool's gradient
+        # probe), so drag frames leave them out and the frame that settles carries them.
+        windows = r.metrics is not None or not m.dragging
         for name, out in r.outputs.items():
             shown = m.shown(out)
             entry: dict[str, Any] = {"name": name, "values_off": -1}
@@ -835,8 +839,11 @@ class ExplorerView(anywidget.AnyWidget):
                 floats.append(shown.astype(np.float32).ravel())
                 n_float += shown.size
                 colors.append(color_index(shown, (lo, hi)).ravel())
-            shorts.append(read_windows(name, r.box, m.output_size, r.spatial_scale, int(h), int(w),
-                                       m.sampling_ratio, m.aligned).ravel())
+            if windows:
+                shorts.append(read_windows(name, r.box, m.output_size, r.spatial_scale, int(h), int(w),
+                                           m.sampling_ratio, m.aligned).ravel())
+            else:
+                shorts.append(np.empty(0, np.int16))
             panels.append(entry)
         xs, ys = r.sample_axes
         frame["samples"] = {"shown": "roi_align" in m.strategies, "nx": len(xs), "ny": len(ys),
@@ -846,7 +853,7 @@ class ExplorerView(anywidget.AnyWidget):
         f_bytes = b"".join(_bytes(a) for a in floats)
         off = len(f_bytes)
         for entry, a in zip(panels, shorts, strict=True):
-            entry["win_off"] = off
+            entry["win_off"] = off if a.size else -1  # -1: a drag frame, no windows
             off += 2 * a.size
         s_bytes = b"".join(_bytes(a) for a in shorts)
         for entry, a in zip(panels, colors, strict=True):
@@ -892,8 +899,8 @@ class Explorer(W.VBox):
 
     Notes
     -----
-    The browser draws a drag at once and sends the box with at most one request in flight
-    (latest wins); the model validates it and recomputes; the view sends back the new numbers.
+    The browser draws a drag at once and sends the box with at most two requests in flight
+    (beyond that, latest wins); the model validates it and recomputes; the view sends back the new numbers.
     In a notebook saved with its outputs, the Explorer also leaves a static PNG (drawn with
     matplotlib from the model, :func:`static_figure`) for readers without a kernel.
     """

@@ -382,6 +382,21 @@ def test_drag_message_gives_one_frame_with_its_seq(explorer):
     assert explorer.box == (0.0, 5.0, 30.0, 64.0) and "clamped" in explorer.view.frame["status"]
 
 
+def test_drag_frames_leave_out_the_read_windows_and_the_settled_frame_has_them(explorer):
+    """The hover's read windows are skipped while dragging (half of a drag frame's cost) and come
+    back, equal to read_windows, in the frame sent when the box is released."""
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": True, "seq": 1}, [])
+    frame, _ = explorer.view.frame_payload()
+    assert [p["win_off"] for p in frame["panels"]] == [-1] * len(STRATEGIES)
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": False, "seq": 2}, [])
+    frame, data = explorer.view.frame_payload()
+    m, n = explorer.model, explorer.model.output_size
+    for p in frame["panels"]:
+        want = read_windows(p["name"], m.box, n, 1.0, 64, 64, m.sampling_ratio, m.aligned)
+        got = np.frombuffer(data, np.int16, count=4 * n, offset=p["win_off"]).reshape(4, n)
+        np.testing.assert_array_equal(got, want, err_msg=p["name"])
+
+
 def test_explorer_box_from_code_and_status(explorer):
     explorer.box = (10, 20, 60, 50)
     assert explorer.status.startswith("box (x1, y1, x2, y2) = (10.0, 20.0, 60.0, 50.0) · ROI 1/1 · ")

@@ -2,9 +2,9 @@
 //
 // Every number shown comes from roiviz.widgets.ExplorerModel (Python); this module only draws
 // them on canvases and sends the dragged box back. A drag is drawn here at once; the box goes
-// to the kernel with at most one request in flight: while one is pending, only the latest box
-// is kept (latest wins, never a backlog), and it is sent when the kernel's frame for the
-// previous one arrives. The frame a kernel sends: `frame` (JSON: boxes, status, layout,
+// to the kernel at once while fewer than MAX_IN_FLIGHT requests are unanswered; beyond that only
+// the latest box is kept (latest wins, never a backlog), and it is sent when the kernel's frame
+// for an earlier one arrives. The frame a kernel sends: `frame` (JSON: boxes, status, layout,
 // offsets) and `frame_data` (one binary buffer: float32 values, int16 read windows, RGB/index
 // colour bytes), see ExplorerView.frame_payload in roiviz/widgets.py.
 
@@ -14,6 +14,11 @@ const LOST = "rgba(255, 59, 48, 0.55)";
 const GAINED = "rgba(10, 132, 255, 0.55)";
 const HANDLE = 8; // handle side, CSS px
 const GRAB = 7; // how close to an edge or corner the pointer grabs it, CSS px
+// Box requests allowed in flight at once. More than one: a move is sent as soon as it happens
+// instead of waiting for the previous answer (the kernel needs ~5-10 ms per box, the trip
+// through the server takes longer), and each request also acknowledges the server's previous
+// packets. Beyond this, latest wins: only the newest box waits, never a backlog.
+const MAX_IN_FLIGHT = 2;
 
 function bytesOf(v) {
   if (!v) return new Uint8Array(0);
@@ -94,16 +99,17 @@ function render({ model, el: host }) {
 
   const state = {
     frame: null, data: new Uint8Array(0), pictureBitmap: null, mapBitmap: null, mapKey: "",
-    drag: null, localBox: null, seq: 0, inflight: null, pending: null, hover: null,
-    sentAt: new Map(), latencies: [], settles: [], panelCanvases: {},
+    drag: null, localBox: null, seq: 0, inflight: [], pending: null, hover: null,
+    latencies: [], settles: [], trips: [], panelCanvases: {},
   };
-  // For the benchmark: latencies of pointer move -> panels repainted, in ms.
+  // For the benchmark: latencies of pointer move -> panels repainted, in ms, and where each one
+  // went (`trips`: waiting for a request in flight, the round trip to the kernel, painting).
   host.__roiviz = state;
 
   const S = () => model.get("scale");
 
   function settledFlag() {
-    const settled = !state.drag && state.inflight === null && state.pending === null;
+    const settled = !state.drag && state.inflight.length === 0 && state.pending === null;
     if (settled && state.releasedAt !== undefined) {
       // For the benchmark: mouse-up -> last frame painted.
       const t = state.releasedAt;
@@ -130,34 +136,40 @@ function render({ model, el: host }) {
       state.mapBitmap = bitmap(bytesOf(model.get("map_image")), f.map.h, f.map.w, 3);
       state.mapKey = key;
     }
-    if (state.inflight !== null && f.seq >= state.inflight) {
-      const t0 = state.sentAt.get(state.inflight);
-      state.inflight = null;
+    const answered = state.inflight.filter((r) => r.seq <= f.seq);
+    if (answered.length) {
+      state.inflight = state.inflight.filter((r) => r.seq > f.seq);
+      const r = answered[answered.length - 1];  // the newest answered; older ones were superseded
+      const tFrame = performance.now();
       if (state.pending !== null) {
         const p = state.pending;
         state.pending = null;
         send(p.box, p.dragging, p.t0);
       }
-      if (t0 !== undefined) {
-        // Measured after this frame is painted (below).
-        requestAnimationFrame(() => state.latencies.push(performance.now() - t0));
-      }
+      // Measured after this frame is painted (below).
+      requestAnimationFrame(() => {
+        const now = performance.now();
+        state.latencies.push(now - r.t0);
+        state.trips.push({ seq: r.seq, sent: performance.timeOrigin + r.sent, arrived: performance.timeOrigin + tFrame,
+          queued: r.sent - r.t0, trip: tFrame - r.sent, draw: state.drawMs, paint: now - tFrame });
+      });
     }
     if (!state.drag) state.localBox = null;
+    const d0 = performance.now();
     draw();
+    state.drawMs = performance.now() - d0;
   }
 
   // ------------------------------------------------------------------ sending the box
   function send(box, dragging, t0) {
-    if (state.inflight !== null) {
+    if (state.inflight.length >= MAX_IN_FLIGHT) {
       state.pending = { box, dragging, t0 };  // latest wins
       settledFlag();
       return;
     }
     state.seq += 1;
-    state.inflight = state.seq;
-    state.sentAt.set(state.seq, t0 === undefined ? performance.now() : t0);
-    if (state.sentAt.size > 200) state.sentAt.delete(state.sentAt.keys().next().value);
+    const now = performance.now();
+    state.inflight.push({ seq: state.seq, t0: t0 === undefined ? now : t0, sent: now });
     model.send({ type: "box", box, dragging, seq: state.seq });
     settledFlag();
   }
@@ -295,7 +307,7 @@ function render({ model, el: host }) {
     const h = state.hover;
     if (!h) return;
     const p = f.panels.find((q) => q.name === h.name);
-    if (!p) return;
+    if (!p || p.win_off < 0) return;
     const w = i16(state.data, p.win_off, 4 * f.output_size);
     const n = f.output_size;
     const r0 = w[h.i], r1 = w[n + h.i], c0 = w[2 * n + h.j], c1 = w[3 * n + h.j];
@@ -407,6 +419,10 @@ function render({ model, el: host }) {
     if (state.hover && state.hover.name === name && state.hover.i === i && state.hover.j === j) return;
     state.hover = { name, i, j };
     const p = f.panels.find((q) => q.name === name);
+    if (p.win_off < 0) {  // a frame sent during a drag: no read windows
+      hover.textContent = `${name}[${i}, ${j}]: release the box to see which cells it reads`;
+      return;
+    }
     const w = i16(state.data, p.win_off, 4 * n);
     let value = "";
     if (p.values_off >= 0) value = ` = ${f32(state.data, p.values_off + 4 * (i * n + j), 1)[0].toPrecision(4)}`;
