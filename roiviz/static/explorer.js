@@ -94,6 +94,8 @@ function render({ model, el: host }) {
   const barCanvas = el("canvas", "", bar);
   const barText = el("div", "roiviz-caption", bar);
   const panels = el("div", "roiviz-panels", row);
+  // The FPN mode (levels given): the box's level, the boundaries, every level's map and output.
+  const fpn = el("div", "roiviz-fpn", root);
   const hover = el("div", "roiviz-hover", root);
   const metrics = el("div", "roiviz-metrics", root);
 
@@ -383,6 +385,70 @@ function render({ model, el: host }) {
     }
   }
 
+  // One column per level: its map with the box, and ROI Align's output from it; the chosen
+  // level's column is marked. Colours are the kernel's (indices into `lut`, per level's scale).
+  function drawFPN() {
+    const f = state.frame;
+    const g = f && f.fpn;
+    fpn.style.display = g ? "" : "none";
+    if (!g) return;
+    const key = g.levels.map((l) => l.level).join(",");
+    if (fpn.dataset.levels !== key) {
+      fpn.innerHTML = "";
+      state.fpnEls = {};
+      el("div", "roiviz-title", fpn).textContent = "FPN: the level this box is pooled from";
+      state.fpnLabel = el("div", "roiviz-fpn-level", fpn);
+      state.fpnBounds = el("div", "roiviz-fpn-boundaries", fpn);
+      const row = el("div", "roiviz-fpn-row", fpn);
+      const maps = bytesOf(model.get("fpn_maps"));
+      for (const l of g.levels) {
+        const col = el("div", "roiviz-fpn-col", row);
+        col.dataset.level = String(l.level);
+        const title = el("div", "roiviz-title", col);
+        const map = el("canvas", "roiviz-fpn-map", col);
+        const panel = el("canvas", "roiviz-fpn-panel", col);
+        panel.dataset.level = String(l.level);
+        const bmp = bitmap(maps.subarray(l.map_off, l.map_off + l.h * l.w * 3), l.h, l.w, 3);
+        state.fpnEls[l.level] = { col, title, map, panel, bmp };
+      }
+      el("div", "roiviz-caption", fpn).textContent =
+        "each column: the level's map (channel mean, its own scale) with the box, and roi_align's " +
+        "output from it; the FPN rule picks one level by the box's size.";
+      fpn.dataset.levels = key;
+    }
+    state.fpnLabel.textContent = g.label;
+    state.fpnBounds.innerHTML = "";
+    g.boundaries.forEach((b, i) => {
+      if (i) state.fpnBounds.appendChild(document.createTextNode(" · "));
+      const span = el("span", b.level === g.level ? "roiviz-fpn-bound roiviz-fpn-chosen" : "roiviz-fpn-bound", state.fpnBounds);
+      span.textContent = b.text;
+    });
+    const n = f.output_size, cell = Math.max(4, Math.floor(96 / n)), lut = bytesOf(model.get("lut"));
+    const c = state.data;
+    for (const l of g.levels) {
+      const e = state.fpnEls[l.level];
+      const chosen = l.level === g.level;
+      e.col.classList.toggle("roiviz-fpn-chosen", chosen);
+      e.title.textContent = `P${l.level} · stride ${l.stride} · ${l.h}x${l.w}` + (chosen ? " ← chosen" : "");
+      const M = 96, k = M / Math.max(l.h, l.w);
+      const mctx = sizeCanvas(e.map, M, M);
+      mctx.fillStyle = "#1c1c1e";
+      mctx.fillRect(0, 0, M, M);
+      mctx.drawImage(e.bmp, 0, 0, l.w * k, l.h * k);
+      const [x1, y1, x2, y2] = l.map_box;
+      mctx.strokeStyle = ACTIVE;
+      mctx.lineWidth = 2;
+      mctx.strokeRect(x1 * k, y1 * k, (x2 - x1) * k, (y2 - y1) * k);
+      const ctx = sizeCanvas(e.panel, n * cell, n * cell);
+      e.panel.dataset.n = String(n);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+        const idx = c[l.colors_off + i * n + j];
+        ctx.fillStyle = `rgb(${lut[3 * idx]}, ${lut[3 * idx + 1]}, ${lut[3 * idx + 2]})`;
+        ctx.fillRect(j * cell, i * cell, cell, cell);
+      }
+    }
+  }
+
   function drawColorbar() {
     const f = state.frame;
     if (!f) return;
@@ -448,6 +514,7 @@ function render({ model, el: host }) {
     drawMap();
     drawPanels();
     drawColorbar();
+    drawFPN();
     settledFlag();
   }
 
