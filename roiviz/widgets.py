@@ -605,23 +605,24 @@ class ExplorerModel(T.HasTraits):
         return "The scale spans the channel's min..max (and 0): no panel can saturate."
 
     def fpn_color_scale(self, level: int) -> tuple[float, float]:
-        """The colour range of level ``level``'s map and output panel in the FPN row: viridis
-        over the channel mean, spanning the mean of each channel's min..max (and 0), the rule of
-        :meth:`color_scale`, per level (the levels' features differ in range).
+        """The colour range of level ``level`` in the FPN row, its map and its output panel alike:
+        viridis over the channel mean, from the min to the max of that level's channel-mean map.
+
+        Each level gets its own range (deeper features span less). No panel can saturate: ROI
+        Align is linear, so the channel mean of its output is ROI Align of the channel-mean map,
+        a weighted mean of that map's cells (a box inside the picture has no zero-filled sample).
 
         Examples
         --------
         >>> m = ExplorerModel("checkerboard", size=64, levels=(2, 3))
         >>> lo, hi = m.fpn_color_scale(3)
-        >>> lo <= 0.0 < hi
+        >>> bool(lo < hi)
         True
         """
         key = (-1, level)
         if key not in self._scales:
-            x = self.features(2**level)[0]
-            x = x.reshape(x.shape[0], -1)
-            lo = float(torch.clamp(x.min(dim=1).values, max=0.0).double().mean())
-            hi = float(torch.clamp(x.max(dim=1).values, min=0.0).double().mean())
+            shown = self.features(2**level)[0].mean(dim=0)  # [h, w]
+            lo, hi = float(shown.min()), float(shown.max())
             self._scales[key] = ("map", lo, hi if hi > lo else lo + 1.0)
         _, lo, hi = self._scales[key]
         return lo, hi
@@ -1404,5 +1405,5 @@ def _static_fpn(fig: Any, gs: Any, row: int, m: ExplorerModel, fpn: FPNResult) -
         ax.imshow(fpn.outputs[k].mean(axis=0, dtype=np.float32), cmap="viridis", vmin=lo, vmax=hi,
                   interpolation="nearest")
         chosen = k == fpn.level
-        ax.set_title(f"P{k} (stride {2**k})" + (" <- chosen" if chosen else ""), fontsize=10,
+        ax.set_title(f"P{k} (stride {2**k})" + ("\nchosen" if chosen else ""), fontsize=10,
                      color=viz.BOX_COLORS[0] if chosen else "black", fontweight="bold" if chosen else None)

@@ -544,6 +544,7 @@ def test_fpn_frame_carries_the_model_numbers(fpn_explorer):
         shown = m.results.fpn.outputs[k].mean(axis=0, dtype=np.float32)
         lo, hi = m.fpn_color_scale(k)
         assert (entry["lo"], entry["hi"]) == (lo, hi)
+        assert lo <= shown.min() and shown.max() <= hi  # the level's panel never saturates
         np.testing.assert_array_equal(np.frombuffer(data, np.float32, n * n, entry["values_off"]), shown.ravel())
         np.testing.assert_array_equal(u8_of(data, entry["colors_off"], n * n), color_index(shown, (lo, hi)).ravel())
         feats = m.features(2**k)[0].numpy().mean(axis=0, dtype=np.float32)
@@ -554,7 +555,7 @@ def test_fpn_frame_carries_the_model_numbers(fpn_explorer):
         np.testing.assert_array_equal(got, want)
     assert max(sent.sizes()) <= 16 * 1024, sent.sizes()  # the maps are not in the update messages
     assert "levels=(2, 3, 4, 5)" in repr(ex)
-    assert "P4 (stride 16) <- chosen" in [a.get_title() for a in static_figure(m).axes]
+    assert "P4 (stride 16)\nchosen" in [a.get_title() for a in static_figure(m).axes]
 
 
 def test_fpn_levels_are_checked(photo):

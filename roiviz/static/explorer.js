@@ -412,8 +412,9 @@ function render({ model, el: host }) {
         state.fpnEls[l.level] = { col, title, map, panel, bmp };
       }
       el("div", "roiviz-caption", fpn).textContent =
-        "each column: the level's map (channel mean, its own scale) with the box, and roi_align's " +
-        "output from it; the FPN rule picks one level by the box's size.";
+        "each column: a level's feature map (mean of its channels, coloured from its own min to " +
+        "max) with the box, and roi_align's output from that map on the same colours; the FPN " +
+        "rule pools the box from one level, chosen by its size.";
       fpn.dataset.levels = key;
     }
     state.fpnLabel.textContent = g.label;
