@@ -1243,9 +1243,12 @@ class Explorer(W.VBox):
         return None
 
     def _on_msg(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
-        """The browser's requests: a dragged box, or another ROI made active."""
+        """The browser's requests: a dragged box, or another ROI made active (and "nudge", which
+        only carries the browser's TCP acknowledgement to the server: see NUDGE_MS in explorer.js)."""
         before = self.view.frames_sent
         kind = content.get("type")
+        if kind == "nudge":
+            return
         if kind == "box":
             self.view.seq = max(self.view.seq, int(content.get("seq", 0)))
             self._guard(self.model.drag, content.get("box"), bool(content.get("dragging")))

@@ -382,6 +382,15 @@ def test_drag_message_gives_one_frame_with_its_seq(explorer):
     assert explorer.box == (0.0, 5.0, 30.0, 64.0) and "clamped" in explorer.view.frame["status"]
 
 
+def test_a_nudge_is_ignored(explorer):
+    """The browser's "nudge" only carries its TCP acknowledgement (explorer.js, NUDGE_MS): the
+    kernel must neither compute nor answer it (an answer would be one more message to wait for)."""
+    sent = Sent(explorer.view)
+    before = explorer.model.results
+    explorer._on_msg(None, {"type": "nudge"}, [])
+    assert sent.messages == [] and explorer.model.results is before
+
+
 def test_drag_frames_leave_out_the_read_windows_and_the_settled_frame_has_them(explorer):
     """The hover's read windows are skipped while dragging (half of a drag frame's cost) and come
     back, equal to read_windows, in the frame sent when the box is released."""

@@ -19,6 +19,14 @@ const GRAB = 7; // how close to an edge or corner the pointer grabs it, CSS px
 // through the server takes longer), and each request also acknowledges the server's previous
 // packets. Beyond this, latest wins: only the newest box waits, never a backlog.
 const MAX_IN_FLIGHT = 2;
+// Why an empty "nudge" message follows each box request while its answer is awaited: the
+// Jupyter server writes to the browser's websocket with Nagle's algorithm on (tornado's default;
+// jupyter_server never turns it off), so the kernel's answer is held in the server until the
+// browser acknowledges the kernel's "busy" message sent ~2 ms before it, and a browser that has
+// nothing to send acknowledges only after its 40 ms delayed-ACK timer: measured, the answer
+// reached the page ~36 ms after the server wrote it. Any message from the page carries that
+// acknowledgement at once. The kernel ignores a nudge (no frame, no computation).
+const NUDGE_MS = [3, 6, 10, 16, 25];
 
 function bytesOf(v) {
   if (!v) return new Uint8Array(0);
@@ -173,6 +181,12 @@ function render({ model, el: host }) {
     const now = performance.now();
     state.inflight.push({ seq: state.seq, t0: t0 === undefined ? now : t0, sent: now });
     model.send({ type: "box", box, dragging, seq: state.seq });
+    const seq = state.seq;
+    for (const ms of NUDGE_MS) {
+      setTimeout(() => {
+        if (state.inflight.some((r) => r.seq === seq)) model.send({ type: "nudge" });
+      }, ms);
+    }
     settledFlag();
   }
 
