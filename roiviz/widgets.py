@@ -19,6 +19,10 @@ Two layers:
   ``roiviz/static/explorer.js`` draws on canvases, in the browser, the numbers the model
   computed) and ipywidgets controls linked to the model. The browser draws a drag at once and
   sends the box back throttled, latest wins; every number it shows comes from the kernel.
+
+The multi-scale (FPN) mode, ``Explorer(image, levels=(2, 3, 4, 5))``, adds a row: the level
+:func:`roiviz.map_levels` picks for the box, the level boundaries, and ROI Align's output from
+every level of the picture's feature pyramid (:class:`FPNResult`).
 """
 
 from __future__ import annotations
@@ -943,8 +947,10 @@ class ExplorerView(anywidget.AnyWidget):
 
         ``frame_data`` holds, in this order (offsets in ``frame``): float32 values of each panel
         (single-channel views) and ROI Align's sample axes; int16 read windows of each panel
-        (:func:`read_windows`; not in the frames of a drag, ``win_off`` -1); the colour of each panel cell (an index into ``lut``, or RGB
-        bytes for a colour photo), computed here so that the browser only paints.
+        (:func:`read_windows`; not in the frames of a drag, ``win_off`` -1); the colour of each
+        panel cell (an index into ``lut``, or RGB bytes for a colour photo), computed here so
+        that the browser only paints; in the FPN mode, then each level's output
+        (:meth:`_fpn_payload`).
         """
         m, r = self.model, self.model.results
         ih, iw = m.image_size
@@ -1099,7 +1105,8 @@ class Explorer(W.VBox):
     Notes
     -----
     The browser draws a drag at once and sends the box with at most two requests in flight
-    (beyond that, latest wins); the model validates it and recomputes; the view sends back the new numbers.
+    (beyond that, latest wins); the model validates it and recomputes; the view sends back the
+    new numbers.
     In a notebook saved with its outputs, the Explorer also leaves a static PNG (drawn with
     matplotlib from the model, :func:`static_figure`) for readers without a kernel.
     """

@@ -22,11 +22,14 @@ const MAX_IN_FLIGHT = 2;
 // Why an empty "nudge" message follows each box request while its answer is awaited: the
 // Jupyter server writes to the browser's websocket with Nagle's algorithm on (tornado's default;
 // jupyter_server never turns it off), so the kernel's answer is held in the server until the
-// browser acknowledges the kernel's "busy" message sent ~2 ms before it, and a browser that has
+// browser acknowledges the kernel's "busy" message sent just before it, and a browser that has
 // nothing to send acknowledges only after its 40 ms delayed-ACK timer: measured, the answer
 // reached the page ~36 ms after the server wrote it. Any message from the page carries that
-// acknowledgement at once. The kernel ignores a nudge (no frame, no computation).
-const NUDGE_MS = [3, 6, 10, 16, 25];
+// acknowledgement at once. The kernel ignores a nudge (no frame, no computation). Two nudges,
+// 5 and 15 ms after the request (skipped once answered): "busy" reaches the page ~4 ms after the
+// request (median; 10 ms p90). More nudges were measured slower on a busy 2-core machine (each
+// one makes the kernel publish busy/idle, which JupyterLab also shows).
+const NUDGE_MS = [5, 15];
 
 function bytesOf(v) {
   if (!v) return new Uint8Array(0);
