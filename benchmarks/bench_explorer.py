@@ -7,10 +7,13 @@ Chromium (Playwright), and drags the box with the mouse:
   time from the input event (``event.timeStamp``) to the first animation frame after the panels
   were repainted from the kernel's answer (kernel compute and both message trips included;
   moves superseded while a request was in flight are dropped by design: latest wins);
+  split into: waiting for a request in flight, the round trip (browser -> server -> kernel ->
+  server -> browser), drawing, and the wait for the next animation frame;
 - **settle after a fast drag**: mouse-up -> the last frame painted (metrics included);
 - **bytes per update message**: every message the kernel's view sent during the drags
   (JSON + binary buffers), measured in the kernel on the widget's comm;
-- the kernel's own compute time per box (``results.elapsed_ms``).
+- the kernel's own compute time per box (``results.elapsed_ms``) and its whole handling of a
+  box message (compute, frame, send).
 
 Not a test: it prints numbers. Run::
 
@@ -45,6 +48,13 @@ def _recording_send(data=None, metadata=None, buffers=None, **kw):
 ex.view.comm.send = _recording_send
 _elapsed = []
 ex.model.observe(lambda c: _elapsed.append(c['new'].elapsed_ms) if c['new'] is not None else None, 'results')
+_handled = []  # ms from a box message's arrival to the frame sent (compute + payload + send)
+_on_msg = ex._on_msg
+def _timed_on_msg(*a, **kw):
+    _t = __import__('time').perf_counter()
+    _on_msg(*a, **kw)
+    _handled.append((__import__('time').perf_counter() - _t) * 1e3)
+ex.view._msg_callbacks.callbacks[:] = [_timed_on_msg]
 """
 
 
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 d.drag((65 if dx > 0 else 85, 55), (65 + dx if dx > 0 else 65, 70), steps=30, pause_ms=30)
                 tb.settle(page, kernel)
             slow = page.evaluate(f"() => {state}.latencies.slice()")
+            trips = page.evaluate(f"() => {state}.trips.slice()")
             page.evaluate(f"() => {{ {state}.settles.length = 0; }}")
             for k in range(args.drags):  # fast drags: moves as fast as the browser takes them
                 dx = 25 if k % 2 == 0 else -25
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             settles = page.evaluate(f"() => {state}.settles.slice()")
             sizes = json.loads(kernel.run("print(__import__('json').dumps(_sizes))"))
             elapsed = json.loads(kernel.run("print(__import__('json').dumps(_elapsed))"))
+            handled = json.loads(kernel.run("print(__import__('json').dumps(_handled))"))
             kernel.close()
             browser.close()
     finally:
@@ -106,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
           f"every strategy; CPU: {cpu_model()}")
     print(f"  pointer move -> panels repainted, ms : {stats(slow)}")
     print(f"  settle after a fast drag (mouse-up), ms: {stats(settles)}")
+    for part, what in (("queued", "waiting for the request in flight"), ("trip", "round trip to the kernel"),
+                       ("draw", "drawing the frame"), ("paint", "frame arrived -> painted")):
+        print(f"    {what:37s}: {stats([t[part] for t in trips if part in t])}")
     print(f"  kernel compute per box, ms           : {stats(elapsed)}")
+    print(f"  kernel: box message -> frame sent, ms: {stats(handled)}")
     print(f"  bytes per update message             : {stats(sizes)}  (limit 16384)")
     return 0
 

@@ -19,12 +19,17 @@ Two layers:
   ``roiviz/static/explorer.js`` draws on canvases, in the browser, the numbers the model
   computed) and ipywidgets controls linked to the model. The browser draws a drag at once and
   sends the box back throttled, latest wins; every number it shows comes from the kernel.
+
+The multi-scale (FPN) mode, ``Explorer(image, levels=(2, 3, 4, 5))``, adds a row: the level
+:func:`roiviz.map_levels` picks for the box, the level boundaries, and ROI Align's output from
+every level of the picture's feature pyramid (:class:`FPNResult`).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import numbers
 import time
 import traceback
 from collections.abc import Sequence
@@ -47,7 +52,7 @@ from .ops.roi_align import roi_align
 from .reference import roi_pool_bins
 from .strategies import STRATEGIES
 
-__all__ = ["Explorer", "ExplorerModel", "ExplorerResult", "ExplorerView", "read_windows", "sample_axes", "sample_points", "static_figure"]
+__all__ = ["Explorer", "ExplorerModel", "ExplorerResult", "ExplorerView", "FPNResult", "read_windows", "sample_axes", "sample_points", "static_figure"]
 
 Box = tuple[float, float, float, float]
 STRIDES = (1, 2, 4, 8, 16)
@@ -96,6 +101,40 @@ class ExplorerResult:
     sample_axes: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
     #: The box's cells (centre rule), ``(x0, y0, x1, y1)`` exclusive ends, on the map.
     box_region: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: The FPN levels of the box, in the multi-scale mode (``levels`` given), else None.
+    fpn: FPNResult | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FPNResult:
+    """The multi-scale (FPN) part of one box change: which level the box goes to, and what
+    ROI Align pools from every level.
+
+    Attributes
+    ----------
+    levels : tuple of int
+        The pyramid's levels, finest first; level ``k`` is the map of stride ``2**k``.
+    level : int
+        The level the box is pooled from (:func:`roiviz.map_levels`, or
+        :func:`roiviz.poolers.map_levels_mmdet` with ``level_rule="mmdetection"``).
+    size : float
+        ``sqrt(w * h)`` of the box in image pixels (float32, as the rule computes it).
+    boundaries : list of (int, float, float)
+        :func:`roiviz.poolers.level_boundaries`: ``(level, low, high)``, the box sizes each
+        level takes.
+    outputs : dict of int to ndarray
+        ``roi_align`` of the box from each level's map, ``[C, PH, PW]``, with the model's
+        ``output_size``, ``sampling_ratio`` and ``aligned``.
+    map_boxes : dict of int to (x1, y1, x2, y2)
+        The box on each level's map (``box / 2**k``).
+    """
+
+    levels: tuple[int, ...]
+    level: int
+    size: float
+    boundaries: list[tuple[int, float, float]]
+    outputs: dict[int, np.ndarray]
+    map_boxes: dict[int, Box]
 
 
 def sample_points(
@@ -158,6 +197,20 @@ class ExplorerModel(T.HasTraits):
     spatial_scale : float, optional
         Marks ``image`` as a feature map of that scale: boxes are then in the pixels of the
         image it came from (``H / spatial_scale`` by ``W / spatial_scale``).
+    levels : sequence of int, optional
+        The multi-scale (FPN) mode: a feature pyramid with these consecutive levels (within 1..5;
+        level ``k`` is the :class:`roiviz.images.FeatureExtractor` map of stride ``2**k``, the
+        maps the ``stride`` control shows). Each box change then also computes
+        ``results.fpn`` (:class:`FPNResult`): the box's level, the level boundaries and
+        ROI Align's output from every level. Only for a picture.
+    level_rule : {"torchvision", "mmdetection"}
+        How the level is chosen: :func:`roiviz.map_levels` (``floor(4 + log2(sqrt(wh) / 224))``)
+        or :func:`roiviz.poolers.map_levels_mmdet` (``finest_scale=56``).
+
+    Notes
+    -----
+    The rule sends a box to level 4 at ``sqrt(wh) = 224``: on a 128-pixel picture every box goes
+    to level 2 or 3; a 512-pixel one (``size=512``) reaches all of P2-P5.
 
     Examples
     --------
@@ -167,6 +220,13 @@ class ExplorerModel(T.HasTraits):
     ((0.0, 10.0, 40.0, 11.0), 'box clamped into the 128x128 image; zero height: widened to 1 px')
     >>> sorted(m.results.outputs) == sorted(m.strategies)
     True
+
+    The multi-scale mode:
+
+    >>> f = ExplorerModel("grace_hopper", size=512, levels=(2, 3, 4, 5), output_size=2)
+    >>> f.box = (100, 100, 400, 350)  # sqrt(300 * 250) = 273.9: level 4
+    >>> f.results.fpn.level, f.fpn_label()
+    (4, 'sqrt(w*h) = 273.9 px -> P4 (stride 16): level 4 for sqrt(w*h) in [224, 448), torchvision rule')
     """
 
     #: The active ROI ``(x1, y1, x2, y2)`` in image pixels: any 4 numbers (a tuple, list, array),
@@ -196,11 +256,15 @@ class ExplorerModel(T.HasTraits):
     error = T.Unicode("")
     #: The last :class:`ExplorerResult`.
     results = T.Any(None, allow_none=True)
+    #: The FPN mode's level rule: ``"torchvision"`` (:func:`roiviz.map_levels`) or
+    #: ``"mmdetection"`` (:func:`roiviz.poolers.map_levels_mmdet`).
+    level_rule = T.Enum(("torchvision", "mmdetection"), "torchvision")
 
     def __init__(self, image: Any, *, boxes: Sequence[Sequence[float]] | None = None,
                  strategies: Sequence[str] | None = None, output_size: int = 7, sampling_ratio: int = 2,
                  aligned: bool = True, stride: int = 1, channel: int = -1, spatial_scale: float | None = None,
-                 feature_channels: int = 16, seed: int = 0, size: int = 128) -> None:
+                 feature_channels: int = 16, seed: int = 0, size: int = 128,
+                 levels: Sequence[int] | None = None, level_rule: str = "torchvision") -> None:
         super().__init__()
         from .images import FeatureExtractor, sample_image
 
@@ -217,6 +281,10 @@ class ExplorerModel(T.HasTraits):
         self.image_size = (round(h / self._feature_scale), round(w / self._feature_scale))
         self._features: dict[int, torch.Tensor] = {}
         self._extractor = lambda s: FeatureExtractor(stride=s, channels=feature_channels, seed=seed)
+        #: The FPN levels (finest first), or ``()`` outside the multi-scale mode.
+        self.levels = self._check_levels(levels)
+        if level_rule not in ("torchvision", "mmdetection"):
+            raise ValueError(f"level_rule must be 'torchvision' or 'mmdetection', got {level_rule!r}")
         self._ready = False  # no recomputation while the constructor sets the traits
         with self.hold_trait_notifications():
             self.output_size = output_size
@@ -224,6 +292,7 @@ class ExplorerModel(T.HasTraits):
             self.aligned = aligned
             self.stride = stride if self.is_image else 1
             self.channel = channel
+            self.level_rule = level_rule
             if strategies is not None:
                 self.strategies = list(strategies)
             ih, iw = self.image_size
@@ -265,11 +334,30 @@ class ExplorerModel(T.HasTraits):
         """The map the strategies see, ``Tensor[1, C, h, w]``: the picture or its features."""
         if self.stride == 1:
             return self.picture[None]
-        if self.stride not in self._features:
+        return self.features(self.stride)
+
+    def features(self, stride: int) -> torch.Tensor:
+        """The picture's feature map of ``stride`` (computed once), ``Tensor[1, C, h, w]``."""
+        if stride not in self._features:
             with torch.no_grad():
                 rgb = self.picture if self.picture.shape[0] == 3 else self.picture.expand(3, -1, -1)
-                self._features[self.stride] = self._extractor(self.stride)(rgb[None]).detach()
-        return self._features[self.stride]
+                self._features[stride] = self._extractor(stride)(rgb[None]).detach()
+        return self._features[stride]
+
+    def _check_levels(self, levels: Sequence[int] | None) -> tuple[int, ...]:
+        if levels is None:
+            return ()
+        if isinstance(levels, (str, bytes)) or not all(
+                isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in levels):
+            raise ValueError(f"levels must be a sequence of ints, e.g. (2, 3, 4, 5), got {levels!r}")
+        ks = tuple(int(k) for k in levels)
+        if not ks or ks != tuple(range(ks[0], ks[0] + len(ks))):
+            raise ValueError(f"levels must be consecutive increasing ints, e.g. (2, 3, 4, 5), got {levels!r}")
+        if ks[0] < 1 or ks[-1] > 5:
+            raise ValueError(f"levels must lie within 1..5 (strides 2 to 32), got {levels!r}")
+        if not self.is_image:
+            raise ValueError("levels (the FPN mode) need a picture: its pyramid comes from FeatureExtractor")
+        return ks
 
     @property
     def spatial_scale(self) -> float:
@@ -399,7 +487,8 @@ class ExplorerModel(T.HasTraits):
         self.recompute()
 
     # ---------------------------------------------------------------- computation
-    @T.observe("output_size", "sampling_ratio", "aligned", "stride", "strategies", "channel", "dragging")
+    @T.observe("output_size", "sampling_ratio", "aligned", "stride", "strategies", "channel", "dragging",
+               "level_rule")
     def _on_param(self, change: Any) -> None:
         if not self._ready:
             return
@@ -436,9 +525,30 @@ class ExplorerModel(T.HasTraits):
         xy, outside, _ = sample_points(box, size, scale, self.sampling_ratio, self.aligned, h, w)
         axes = sample_axes(box, size, scale, self.sampling_ratio, self.aligned)
         by0, by1, bx0, bx1 = box_cells(box, scale, h, w)
+        fpn = self._compute_fpn(box, rois) if self.levels else None
         return ExplorerResult(box, viz.box_in_map(box, scale), scale,
                               {name: out[0].numpy() for name, out in outputs.items()}, metrics, q, region, xy,
-                              outside, (time.perf_counter() - t0) * 1e3, axes, (bx0, by0, bx1, by1))
+                              outside, (time.perf_counter() - t0) * 1e3, axes, (bx0, by0, bx1, by1), fpn)
+
+    def _compute_fpn(self, box: Box, rois: torch.Tensor) -> FPNResult:
+        from .poolers import level_boundaries, map_levels, map_levels_mmdet
+
+        k_min, k_max = self.levels[0], self.levels[-1]
+        if self.level_rule == "mmdetection":
+            level = int(map_levels_mmdet(rois[:, 1:], k_min, k_max)[0])
+        else:
+            level = int(map_levels(rois[:, 1:], k_min, k_max)[0])
+        size = float(torch.sqrt((rois[0, 3] - rois[0, 1]) * (rois[0, 4] - rois[0, 2])))
+        size_ = (self.output_size, self.output_size)
+        outputs, map_boxes = {}, {}
+        with torch.no_grad(), trusted_boxes():
+            for k in self.levels:
+                s = 1.0 / 2**k
+                out = roi_align(self.features(2**k), rois, size_, s, sampling_ratio=self.sampling_ratio,
+                                aligned=self.aligned)
+                outputs[k] = out[0].numpy()  # [C, PH, PW]
+                map_boxes[k] = viz.box_in_map(box, s)
+        return FPNResult(self.levels, level, size, level_boundaries(k_min, k_max), outputs, map_boxes)
 
     def _strategy(self, name: str) -> Any:
         if name == "roi_align":  # honour the sampling_ratio and aligned controls
@@ -498,6 +608,42 @@ class ExplorerModel(T.HasTraits):
                     "channel's min..max (and 0), so max-based panels never saturate.")
         return "The scale spans the channel's min..max (and 0): no panel can saturate."
 
+    def fpn_color_scale(self, level: int) -> tuple[float, float]:
+        """The colour range of level ``level`` in the FPN row, its map and its output panel alike:
+        viridis over the channel mean, from the min to the max of that level's channel-mean map.
+
+        Each level gets its own range (deeper features span less). No panel can saturate: ROI
+        Align is linear, so the channel mean of its output is ROI Align of the channel-mean map,
+        a weighted mean of that map's cells (a box inside the picture has no zero-filled sample).
+
+        Examples
+        --------
+        >>> m = ExplorerModel("checkerboard", size=64, levels=(2, 3))
+        >>> lo, hi = m.fpn_color_scale(3)
+        >>> bool(lo < hi)
+        True
+        """
+        key = (-1, level)
+        if key not in self._scales:
+            shown = self.features(2**level)[0].mean(dim=0)  # [h, w]
+            lo, hi = float(shown.min()), float(shown.max())
+            self._scales[key] = ("map", lo, hi if hi > lo else lo + 1.0)
+        _, lo, hi = self._scales[key]
+        return lo, hi
+
+    def fpn_label(self) -> str:
+        """The FPN mode's line: the box's size, its level and that level's range of sizes.
+
+        ``""`` outside the multi-scale mode. The range is :func:`roiviz.poolers.level_boundaries`
+        rounded to whole pixels (the exact edges are ``224 * 2**(k - 4)``, less one part in 10**6).
+        """
+        f = self.results.fpn if self.results is not None else None
+        if f is None:
+            return ""
+        _, lo, hi = next(b for b in f.boundaries if b[0] == f.level)
+        return (f"sqrt(w*h) = {f.size:.1f} px -> P{f.level} (stride {2 ** f.level}): level {f.level} for "
+                f"sqrt(w*h) in [{_edge(lo)}, {_edge(hi)}), {self.level_rule} rule")
+
     def _rgb_view(self) -> bool:
         return self.stride == 1 and self.channel < 0 and self.is_image and self.n_channels == 3
 
@@ -555,6 +701,11 @@ class ExplorerModel(T.HasTraits):
         return " · ".join(parts)
 
 
+
+
+def _edge(v: float) -> str:
+    """A level boundary as text: whole pixels, or "inf"."""
+    return "inf" if math.isinf(v) else f"{round(v)}"
 
 
 def sample_axes(
@@ -773,6 +924,8 @@ class ExplorerView(anywidget.AnyWidget):
     map_image = T.Bytes(b"").tag(sync=True)
     frame = T.Dict().tag(sync=True)
     frame_data = T.Bytes(b"").tag(sync=True)
+    #: The FPN mode's level maps (RGB bytes, finest first, offsets in ``frame["fpn"]``), sent once.
+    fpn_maps = T.Bytes(b"").tag(sync=True)
 
     def __init__(self, model: ExplorerModel, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -786,14 +939,18 @@ class ExplorerView(anywidget.AnyWidget):
         pic = model.picture_bytes()
         self.picture_shape = list(pic.shape)
         self.picture = _bytes(pic)
+        if model.levels:
+            self.fpn_maps = self.fpn_map_bytes()
 
     def frame_payload(self) -> tuple[dict[str, Any], bytes]:
         """The ``frame`` and ``frame_data`` of the model's current state (what one update sends).
 
         ``frame_data`` holds, in this order (offsets in ``frame``): float32 values of each panel
         (single-channel views) and ROI Align's sample axes; int16 read windows of each panel
-        (:func:`read_windows`); the colour of each panel cell (an index into ``lut``, or RGB
-        bytes for a colour photo), computed here so that the browser only paints.
+        (:func:`read_windows`; not in the frames of a drag, ``win_off`` -1); the colour of each
+        panel cell (an index into ``lut``, or RGB bytes for a colour photo), computed here so
+        that the browser only paints; in the FPN mode, then each level's output
+        (:meth:`_fpn_payload`).
         """
         m, r = self.model, self.model.results
         ih, iw = m.image_size
@@ -825,6 +982,10 @@ class ExplorerView(anywidget.AnyWidget):
         colors: list[np.ndarray] = []
         n_float = 0
         panels = []
+        # The read windows only serve the hover line, which a drag cannot use (the pointer is on
+        # the picture); they cost half of a drag frame (ROI Pool's bins, PrRoI Pool's gradient
+        # probe), so drag frames leave them out and the frame that settles carries them.
+        windows = r.metrics is not None or not m.dragging
         for name, out in r.outputs.items():
             shown = m.shown(out)
             entry: dict[str, Any] = {"name": name, "values_off": -1}
@@ -835,8 +996,11 @@ class ExplorerView(anywidget.AnyWidget):
                 floats.append(shown.astype(np.float32).ravel())
                 n_float += shown.size
                 colors.append(color_index(shown, (lo, hi)).ravel())
-            shorts.append(read_windows(name, r.box, m.output_size, r.spatial_scale, int(h), int(w),
-                                       m.sampling_ratio, m.aligned).ravel())
+            if windows:
+                shorts.append(read_windows(name, r.box, m.output_size, r.spatial_scale, int(h), int(w),
+                                           m.sampling_ratio, m.aligned).ravel())
+            else:
+                shorts.append(np.empty(0, np.int16))
             panels.append(entry)
         xs, ys = r.sample_axes
         frame["samples"] = {"shown": "roi_align" in m.strategies, "nx": len(xs), "ny": len(ys),
@@ -846,14 +1010,49 @@ class ExplorerView(anywidget.AnyWidget):
         f_bytes = b"".join(_bytes(a) for a in floats)
         off = len(f_bytes)
         for entry, a in zip(panels, shorts, strict=True):
-            entry["win_off"] = off
+            entry["win_off"] = off if a.size else -1  # -1: a drag frame, no windows
             off += 2 * a.size
         s_bytes = b"".join(_bytes(a) for a in shorts)
         for entry, a in zip(panels, colors, strict=True):
             entry["colors_off"] = off
             off += a.size
         frame["panels"] = panels
-        return frame, f_bytes + s_bytes + b"".join(_bytes(a) for a in colors)
+        data = f_bytes + s_bytes + b"".join(_bytes(a) for a in colors)
+        if r.fpn is not None:
+            frame["fpn"], extra = self._fpn_payload(r.fpn, len(data))
+            data += extra
+        return frame, data
+
+    def _fpn_payload(self, f: FPNResult, start: int) -> tuple[dict[str, Any], bytes]:
+        """The FPN row of a frame: the level label and boundaries (text made by the model), and
+        per level the box on its map and ROI Align's output from it (float32 channel means, then
+        colour indices on that level's scale), at offsets from ``start`` in ``frame_data``."""
+        m = self.model
+        chunks: list[bytes] = []
+        levels, off, map_off = [], start, 0
+        for k in f.levels:
+            lo, hi = m.fpn_color_scale(k)
+            shown = f.outputs[k].mean(axis=0, dtype=np.float32)  # [PH, PW]
+            _, _, h, w = m.features(2**k).shape
+            values, colors = _bytes(shown.astype(np.float32)), _bytes(color_index(shown, (lo, hi)))
+            levels.append({"level": k, "stride": 2**k, "h": int(h), "w": int(w), "map_off": map_off,
+                           "map_box": list(f.map_boxes[k]), "lo": lo, "hi": hi,
+                           "values_off": off, "colors_off": off + len(values)})
+            chunks += [values, colors]
+            off += len(values) + len(colors)
+            map_off += int(h) * int(w) * 3
+        boundaries = [{"level": k, "text": f"P{k}: [{_edge(lo)}, {_edge(hi)})"} for k, lo, hi in f.boundaries]
+        fpn = {"label": m.fpn_label(), "level": f.level, "boundaries": boundaries, "levels": levels}
+        return fpn, b"".join(chunks)
+
+    def fpn_map_bytes(self) -> bytes:
+        """Every level's map as RGB bytes (its channel mean through viridis, on that level's
+        :meth:`ExplorerModel.fpn_color_scale`), finest first: what ``fpn_maps`` sends."""
+        m, out = self.model, []
+        for k in m.levels:
+            shown = m.features(2**k)[0].numpy().mean(axis=0, dtype=np.float32)
+            out.append(_bytes(_viridis_lut()[color_index(shown, m.fpn_color_scale(k))]))
+        return b"".join(out)
 
     def push(self) -> None:
         """Send the model's current state (one message; the map too when stride or channel changed)."""
@@ -877,7 +1076,20 @@ class Explorer(W.VBox):
         See :class:`ExplorerModel` (a picture, a sample name, or a feature map).
     **model_kwargs
         ``boxes``, ``strategies``, ``output_size``, ``sampling_ratio``, ``aligned``, ``stride``,
-        ``channel``, ``spatial_scale``, ``size`` (of a sample image): see :class:`ExplorerModel`.
+        ``channel``, ``spatial_scale``, ``size`` (of a sample image), and for the multi-scale
+        (FPN) mode ``levels`` and ``level_rule``: see :class:`ExplorerModel`.
+
+    Examples
+    --------
+    The multi-scale mode: below the panels, a row shows the level the box goes to, the level
+    boundaries, and ROI Align's output from each level's map (the chosen one marked).
+
+    >>> ex = Explorer("grace_hopper", size=512, levels=(2, 3, 4, 5), boxes=[(60, 80, 160, 200)])
+    >>> ex.model.fpn_label()
+    'sqrt(w*h) = 109.5 px -> P2 (stride 4): level 2 for sqrt(w*h) in [0, 112), torchvision rule'
+    >>> ex.box = (60, 80, 300, 330)
+    >>> ex.model.results.fpn.level
+    4
 
     Attributes
     ----------
@@ -892,8 +1104,9 @@ class Explorer(W.VBox):
 
     Notes
     -----
-    The browser draws a drag at once and sends the box with at most one request in flight
-    (latest wins); the model validates it and recomputes; the view sends back the new numbers.
+    The browser draws a drag at once and sends the box with at most two requests in flight
+    (beyond that, latest wins); the model validates it and recomputes; the view sends back the
+    new numbers.
     In a notebook saved with its outputs, the Explorer also leaves a static PNG (drawn with
     matplotlib from the model, :func:`static_figure`) for readers without a kernel.
     """
@@ -983,7 +1196,9 @@ class Explorer(W.VBox):
     def __repr__(self) -> str:
         m = self.model
         box = ", ".join(f"{v:g}" for v in m.box)
-        return f"Explorer(box=({box}), rois={len(m.boxes)}, stride={m.stride}, output_size={m.output_size})"
+        levels = f", levels={m.levels}" if m.levels else ""
+        return (f"Explorer(box=({box}), rois={len(m.boxes)}, stride={m.stride}, output_size={m.output_size}"
+                f"{levels})")
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The live widget, plus a static PNG of the same state for renderers without a kernel."""
@@ -1035,9 +1250,12 @@ class Explorer(W.VBox):
         return None
 
     def _on_msg(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
-        """The browser's requests: a dragged box, or another ROI made active."""
+        """The browser's requests: a dragged box, or another ROI made active (and "nudge", which
+        only carries the browser's TCP acknowledgement to the server: see NUDGE_MS in explorer.js)."""
         before = self.view.frames_sent
         kind = content.get("type")
+        if kind == "nudge":
+            return
         if kind == "box":
             self.view.seq = max(self.view.seq, int(content.get("seq", 0)))
             self._guard(self.model.drag, content.get("box"), bool(content.get("dragging")))
@@ -1118,12 +1336,13 @@ def static_figure(model: ExplorerModel) -> Any:
     names = list(r.outputs) if r is not None else []
     n_cols = 4
     n_rows = max(2, math.ceil(len(names) / n_cols))
-    fig = Figure(figsize=(10.0, 1.9 * n_rows + 1.3), layout="constrained")
+    fpn = r.fpn if r is not None else None
+    fig = Figure(figsize=(10.0, 1.9 * (n_rows + (fpn is not None)) + 1.3), layout="constrained")
     status = "\n".join(textwrap.wrap(m.status(), 120))
     fig.suptitle(status, fontsize=9, family="monospace", ha="left", x=0.01)
-    gs = fig.add_gridspec(n_rows, 2 + n_cols, width_ratios=[1.6, 1.6] + [1] * n_cols)
-    ax_pic = fig.add_subplot(gs[:, 0])
-    ax_map = fig.add_subplot(gs[:, 1])
+    gs = fig.add_gridspec(n_rows + (fpn is not None), 2 + n_cols, width_ratios=[1.6, 1.6] + [1] * n_cols)
+    ax_pic = fig.add_subplot(gs[:n_rows, 0])
+    ax_map = fig.add_subplot(gs[:n_rows, 1])
     ih, iw = m.image_size
     pic = m.picture_bytes()
     ax_pic.imshow(pic if pic.shape[2] == 3 else pic[..., 0], cmap="gray", extent=(0, iw, ih, 0),
@@ -1169,9 +1388,32 @@ def static_figure(model: ExplorerModel) -> Any:
         else:
             im = ax.imshow(shown, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(name, fontsize=10)
+    panel_axes = fig.axes[2:]
+    if fpn is not None:
+        _static_fpn(fig, gs, n_rows, m, fpn)
     for ax in fig.axes:
         ax.set_xticks([])
         ax.set_yticks([])
     if im is not None:
-        fig.colorbar(im, ax=fig.axes[2:], shrink=0.8, label="one scale for every panel")
+        fig.colorbar(im, ax=panel_axes, shrink=0.8, label="one scale for every panel")
     return fig
+
+
+def _static_fpn(fig: Any, gs: Any, row: int, m: ExplorerModel, fpn: FPNResult) -> None:
+    """The FPN row of :func:`static_figure`: the level line and boundaries, then ROI Align's
+    output from each level (channel mean, each on its level's scale), the chosen one marked."""
+    import textwrap
+
+    ax_text = fig.add_subplot(gs[row, :2])
+    ax_text.axis("off")
+    bounds = " · ".join(f"P{k}: [{_edge(lo)}, {_edge(hi)})" for k, lo, hi in fpn.boundaries)
+    ax_text.text(0.0, 0.5, "\n".join(textwrap.wrap("FPN: " + m.fpn_label(), 52)) + "\n" + bounds,
+                 fontsize=8, family="monospace", va="center", transform=ax_text.transAxes)
+    for i, k in enumerate(fpn.levels[:4]):  # four columns, as the panels above
+        ax = fig.add_subplot(gs[row, 2 + i])
+        lo, hi = m.fpn_color_scale(k)
+        ax.imshow(fpn.outputs[k].mean(axis=0, dtype=np.float32), cmap="viridis", vmin=lo, vmax=hi,
+                  interpolation="nearest")
+        chosen = k == fpn.level
+        ax.set_title(f"P{k} (stride {2**k})" + ("\nchosen" if chosen else ""), fontsize=10,
+                     color=viz.BOX_COLORS[0] if chosen else "black", fontweight="bold" if chosen else None)

@@ -119,12 +119,12 @@ def _write_notebook(path: Path, source: str) -> None:
     path.write_text(json.dumps(nb), encoding="utf-8")
 
 
-def serve(base: Path, app: str) -> Iterator[dict]:
+def serve(base: Path, app: str, cell: str = CELL) -> Iterator[dict]:
     """A Jupyter server (``jupyterlab``, ``notebook``, or ``explore`` for ``roiviz explore``'s
-    Voilà page) on a free port of 127.0.0.1."""
+    Voilà page) on a free port of 127.0.0.1, serving a notebook whose one cell is ``cell``."""
     served = base / "served"
     served.mkdir(exist_ok=True)
-    _write_notebook(served / "explorer.ipynb", CELL)
+    _write_notebook(served / "explorer.ipynb", cell)
     for sub in ("home", "settings", "workspaces", "runtime", "config", "tmp"):
         (base / sub).mkdir(exist_ok=True)
     notification = base / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -541,5 +541,114 @@ def test_status_wraps_at_900_px(browser, tmp_path) -> None:
         assert fits, "the status line is cut at 900 px"
         assert "cells lost" in status.inner_text()
         context.close()
+    finally:
+        server_gen.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The multi-scale (FPN) mode
+# ---------------------------------------------------------------------------------------------
+
+FPN_START = (40.0, 40.0, 140.0, 150.0)  # sqrt(w*h) = 104.9: level 2
+FPN_CELL = (
+    "from roiviz.widgets import Explorer\n"
+    f"ex = Explorer('grace_hopper', size=512, levels=(2, 3, 4, 5), boxes=[{FPN_START}])\n"
+    "ex"
+)
+# The kernel's FPN state, raw numbers only: each level's output [C, n, n] and colour range.
+FPN_TRUTH = """
+import json as _json
+_m, _f = ex.model, ex.model.results.fpn
+print(_json.dumps({
+    "label": _m.fpn_label(), "level": _f.level, "n": _m.output_size,
+    "levels": {str(_k): {"out": _f.outputs[_k].tolist(), "scale": list(_m.fpn_color_scale(_k))}
+               for _k in _f.levels},
+}))
+"""
+
+
+def fpn_mismatches(page, truth: dict) -> list[str]:
+    """What the FPN row shows that differs from the kernel: the level line, the chosen column and
+    boundary, and every cell of every level's output panel (colours computed here)."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+
+    problems = []
+    root = page.locator(".roiviz-explorer").first
+    label = root.locator(".roiviz-fpn-level").inner_text().strip()
+    if label != truth["label"]:
+        problems.append(f"level line {label!r} != {truth['label']!r}")
+    chosen = root.locator(".roiviz-fpn-col.roiviz-fpn-chosen")
+    got = [chosen.nth(i).get_attribute("data-level") for i in range(chosen.count())]
+    if got != [str(truth["level"])]:
+        problems.append(f"chosen columns {got} != level {truth['level']}")
+    bound = root.locator(".roiviz-fpn-bound.roiviz-fpn-chosen")
+    texts = [bound.nth(i).inner_text() for i in range(bound.count())]
+    if len(texts) != 1 or not texts[0].startswith(f"P{truth['level']}: ["):
+        problems.append(f"highlighted boundary {texts} for level {truth['level']}")
+    n = truth["n"]
+    for k, entry in truth["levels"].items():
+        px = _pixels(root.locator(f"canvas.roiviz-fpn-panel[data-level='{k}']"))
+        cell = px.shape[0] // n
+        if px.shape[:2] != (n * cell, n * cell):
+            problems.append(f"P{k}: panel of {px.shape[:2]} px for {n}x{n} cells")
+            continue
+        centres = np.arange(n) * cell + cell // 2
+        shown = np.asarray(entry["out"], dtype=np.float32).mean(axis=0, dtype=np.float32)
+        want = np.asarray(matplotlib.colormaps["viridis"](Normalize(*entry["scale"])(shown), bytes=True))[..., :3]
+        bad = np.argwhere((px[centres][:, centres] != want).any(axis=2))
+        if len(bad):
+            problems.append(f"P{k}: {len(bad)} of {n * n} cells wrong")
+    return problems
+
+
+def test_fpn_mode_shows_the_kernels_levels(browser, tmp_path, screenshots) -> None:
+    """Drag a box through every FPN level: the page names the model's level, marks its column and
+    boundary, and every level's panel shows the kernel's roi_align output from that level."""
+    server_gen = serve(tmp_path, "jupyterlab", cell=FPN_CELL)
+    server = next(server_gen)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, device_scale_factor=1)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        open_and_run(page, server)
+        kernel = Kernel(server)
+        try:
+            d = Driver(page, kernel)
+            _, _, x2, y2 = FPN_START
+            steps = [
+                ("start", None),
+                ("grow to P3 by the corner", lambda: d.drag((x2, y2), (200, 220))),
+                ("grow to P4 by the corner", lambda: d.drag((200, 220), (330, 340))),
+                ("draw a P5 box", lambda: d.drag((8, 8), (505, 505), steps=16)),
+                ("mmdetection's rule", lambda: kernel.run("ex.model.level_rule = 'mmdetection'")),
+                ("shrink to P2 by the corner", lambda: d.drag((505, 505), (90, 100), steps=16)),
+            ]
+            failures, levels, last = [], [], None
+            for what, act in steps:
+                if act is not None:
+                    act()
+                # A change made in the kernel is there when kernel.run returns (and the rule does not
+                # change the main view's state, which changed_from waits for).
+                in_kernel = what == "mmdetection's rule"
+                truth, problems, _ = settle(page, kernel, changed_from=None if in_kernel else last)
+                failures += [f"{what}: {p}" for p in problems]
+                t0 = time.monotonic()
+                while True:
+                    fpn = json.loads(kernel.run(FPN_TRUTH))
+                    problems = fpn_mismatches(page, fpn)
+                    if not problems or time.monotonic() - t0 > 5:
+                        break
+                    page.wait_for_timeout(100)
+                failures += [f"{what}: {p}" for p in problems]
+                levels.append(fpn["level"])
+                last = truth
+            page.locator(".roiviz-fpn").first.screenshot(path=str(screenshots / "explorer-fpn.png"))
+            assert levels == [2, 3, 4, 5, 5, 2], levels  # the drags went where they were meant to
+            assert "mmdetection rule" in fpn["label"]
+            assert not failures, "the FPN row differs from the kernel:\n" + "\n".join(failures)
+        finally:
+            kernel.close()
+            context.close()
     finally:
         server_gen.close()

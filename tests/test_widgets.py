@@ -382,6 +382,30 @@ def test_drag_message_gives_one_frame_with_its_seq(explorer):
     assert explorer.box == (0.0, 5.0, 30.0, 64.0) and "clamped" in explorer.view.frame["status"]
 
 
+def test_a_nudge_is_ignored(explorer):
+    """The browser's "nudge" only carries its TCP acknowledgement (explorer.js, NUDGE_MS): the
+    kernel must neither compute nor answer it (an answer would be one more message to wait for)."""
+    sent = Sent(explorer.view)
+    before = explorer.model.results
+    explorer._on_msg(None, {"type": "nudge"}, [])
+    assert sent.messages == [] and explorer.model.results is before
+
+
+def test_drag_frames_leave_out_the_read_windows_and_the_settled_frame_has_them(explorer):
+    """The hover's read windows are skipped while dragging (half of a drag frame's cost) and come
+    back, equal to read_windows, in the frame sent when the box is released."""
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": True, "seq": 1}, [])
+    frame, _ = explorer.view.frame_payload()
+    assert [p["win_off"] for p in frame["panels"]] == [-1] * len(STRATEGIES)
+    explorer._on_msg(None, {"type": "box", "box": [10, 12, 50, 40], "dragging": False, "seq": 2}, [])
+    frame, data = explorer.view.frame_payload()
+    m, n = explorer.model, explorer.model.output_size
+    for p in frame["panels"]:
+        want = read_windows(p["name"], m.box, n, 1.0, 64, 64, m.sampling_ratio, m.aligned)
+        got = np.frombuffer(data, np.int16, count=4 * n, offset=p["win_off"]).reshape(4, n)
+        np.testing.assert_array_equal(got, want, err_msg=p["name"])
+
+
 def test_explorer_box_from_code_and_status(explorer):
     explorer.box = (10, 20, 60, 50)
     assert explorer.status.startswith("box (x1, y1, x2, y2) = (10.0, 20.0, 60.0, 50.0) · ROI 1/1 · ")
@@ -451,3 +475,106 @@ def test_static_picture_is_stored_with_the_widget(explorer):
     assert png.startswith(b"\x89PNG")
     fig = static_figure(explorer.model)
     assert fig.get_figwidth() <= 10 and len(fig.axes) >= 2 + len(STRATEGIES)
+
+
+# ------------------------------------------------------------------------------------ FPN mode
+
+
+@pytest.fixture(scope="module")
+def fpn_explorer() -> Explorer:
+    """The multi-scale mode on a 512-pixel photo, where boxes reach every level P2-P5."""
+    return Explorer("grace_hopper", size=512, levels=(2, 3, 4, 5), output_size=3, strategies=["roi_align"])
+
+
+# Squares around each boundary (112, 224, 448) and far from them; and a thin tall box.
+FPN_BOXES = [(10, 10, 40, 40), (0, 0, 111, 111), (0, 0, 112, 112), (100, 50, 323.9, 273.9),
+             (0, 0, 224, 224), (20, 30, 300, 330), (0, 0, 447, 447), (0, 0, 448, 448), (0, 0, 512, 512),
+             (200, 0, 256, 512)]
+
+
+@pytest.mark.parametrize("rule", ["torchvision", "mmdetection"])
+def test_fpn_level_is_the_poolers_rule(fpn_explorer, rule):
+    from roiviz import map_levels
+    from roiviz.poolers import level_boundaries, map_levels_mmdet
+
+    m = fpn_explorer.model
+    before = m.results
+    m.level_rule = rule  # a trait: the label follows at once
+    assert (m.results is not before) == (rule != "torchvision") and m.fpn_label().endswith(f"{rule} rule")
+    try:
+        levels = []
+        for box in FPN_BOXES:
+            m.box = box
+            rois = torch.tensor([box], dtype=torch.float32)
+            want = (map_levels(rois, 2, 5) if rule == "torchvision" else map_levels_mmdet(rois, 2, 5)).item()
+            f = m.results.fpn
+            assert f.level == want, (box, f.level, want)
+            assert f.boundaries == level_boundaries(2, 5)
+            lo, hi = {k: (lo, hi) for k, lo, hi in f.boundaries}[f.level]
+            assert f"-> P{want} (stride {2**want}): level {want} for sqrt(w*h) in " in m.fpn_label()
+            assert f"in [{round(lo)}, {'inf' if hi == float('inf') else round(hi)}), {rule} rule" in m.fpn_label()
+            levels.append(f.level)
+        assert set(levels) == {2, 3, 4, 5}  # every level is reached
+    finally:
+        m.level_rule = "torchvision"
+
+
+def test_fpn_panels_are_roi_align_on_each_levels_map(fpn_explorer):
+    from roiviz.images import FeatureExtractor, sample_image
+
+    m = fpn_explorer.model
+    picture = torch.from_numpy(sample_image("grace_hopper", 512)).permute(2, 0, 1)[None]
+    m.box = (37.5, 60.25, 250.0, 201.0)
+    for sr, aligned in [(2, True), (-1, False)]:
+        m.sampling_ratio, m.aligned = sr, aligned
+        f = m.results.fpn
+        assert list(f.outputs) == [2, 3, 4, 5]
+        for k in f.levels:
+            feats = FeatureExtractor(stride=2**k, channels=16, seed=0)(picture)  # an independent copy
+            want = roi_align(feats, torch.tensor([[0.0, *m.box]]), 3, 1 / 2**k, sampling_ratio=sr,
+                             aligned=aligned)[0]
+            np.testing.assert_array_equal(f.outputs[k], want.detach().numpy(), err_msg=f"level {k}")
+            assert f.map_boxes[k] == tuple(v / 2**k for v in m.box)
+    m.sampling_ratio, m.aligned = 2, True
+
+
+def test_fpn_frame_carries_the_model_numbers(fpn_explorer):
+    ex, m = fpn_explorer, fpn_explorer.model
+    sent = Sent(ex.view)
+    ex._on_msg(None, {"type": "box", "box": [20, 30, 300, 330], "dragging": False, "seq": 3}, [])
+    frame, data = ex.view.frame_payload()
+    g = frame["fpn"]
+    assert g["label"] == m.fpn_label() and g["level"] == m.results.fpn.level == 4
+    assert [b["text"] for b in g["boundaries"]] == ["P2: [0, 112)", "P3: [112, 224)", "P4: [224, 448)",
+                                                   "P5: [448, inf)"]
+    maps = ex.view.fpn_maps
+    for entry in g["levels"]:
+        k, n = entry["level"], m.output_size
+        shown = m.results.fpn.outputs[k].mean(axis=0, dtype=np.float32)
+        lo, hi = m.fpn_color_scale(k)
+        assert (entry["lo"], entry["hi"]) == (lo, hi)
+        assert lo <= shown.min() and shown.max() <= hi  # the level's panel never saturates
+        np.testing.assert_array_equal(np.frombuffer(data, np.float32, n * n, entry["values_off"]), shown.ravel())
+        np.testing.assert_array_equal(u8_of(data, entry["colors_off"], n * n), color_index(shown, (lo, hi)).ravel())
+        feats = m.features(2**k)[0].numpy().mean(axis=0, dtype=np.float32)
+        h, w = feats.shape
+        assert (entry["h"], entry["w"]) == (h, w) == (512 // 2**k, 512 // 2**k)
+        got = np.frombuffer(maps, np.uint8, h * w * 3, entry["map_off"]).reshape(h, w, 3)
+        want = np.asarray(matplotlib.colormaps["viridis"](Normalize(lo, hi)(feats), bytes=True))[..., :3]
+        np.testing.assert_array_equal(got, want)
+    assert max(sent.sizes()) <= 16 * 1024, sent.sizes()  # the maps are not in the update messages
+    assert "levels=(2, 3, 4, 5)" in repr(ex)
+    assert "P4 (stride 16)\nchosen" in [a.get_title() for a in static_figure(m).axes]
+
+
+def test_fpn_levels_are_checked(photo):
+    for bad, err in [((2, 4), ValueError), ((0, 1), ValueError), ((4, 5, 6), ValueError), ((3, 2), ValueError),
+                     ("23", ValueError), ((2.5, 3.5), ValueError), ([], ValueError)]:
+        with pytest.raises(err, match="levels"):
+            ExplorerModel(photo, levels=bad)
+    with pytest.raises(ValueError, match="need a picture"):
+        ExplorerModel(torch.rand(1, 8, 6, 6), spatial_scale=0.5, levels=(2, 3))
+    with pytest.raises(ValueError, match="level_rule"):
+        ExplorerModel(photo, levels=(2, 3), level_rule="detectron")
+    plain = ExplorerModel(photo, output_size=2, strategies=["crop"])
+    assert plain.levels == () and plain.results.fpn is None and plain.fpn_label() == ""

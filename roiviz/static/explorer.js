@@ -2,9 +2,9 @@
 //
 // Every number shown comes from roiviz.widgets.ExplorerModel (Python); this module only draws
 // them on canvases and sends the dragged box back. A drag is drawn here at once; the box goes
-// to the kernel with at most one request in flight: while one is pending, only the latest box
-// is kept (latest wins, never a backlog), and it is sent when the kernel's frame for the
-// previous one arrives. The frame a kernel sends: `frame` (JSON: boxes, status, layout,
+// to the kernel at once while fewer than MAX_IN_FLIGHT requests are unanswered; beyond that only
+// the latest box is kept (latest wins, never a backlog), and it is sent when the kernel's frame
+// for an earlier one arrives. The frame a kernel sends: `frame` (JSON: boxes, status, layout,
 // offsets) and `frame_data` (one binary buffer: float32 values, int16 read windows, RGB/index
 // colour bytes), see ExplorerView.frame_payload in roiviz/widgets.py.
 
@@ -14,6 +14,22 @@ const LOST = "rgba(255, 59, 48, 0.55)";
 const GAINED = "rgba(10, 132, 255, 0.55)";
 const HANDLE = 8; // handle side, CSS px
 const GRAB = 7; // how close to an edge or corner the pointer grabs it, CSS px
+// Box requests allowed in flight at once. More than one: a move is sent as soon as it happens
+// instead of waiting for the previous answer (the kernel needs ~5-10 ms per box, the trip
+// through the server takes longer), and each request also acknowledges the server's previous
+// packets. Beyond this, latest wins: only the newest box waits, never a backlog.
+const MAX_IN_FLIGHT = 2;
+// Why an empty "nudge" message follows each box request while its answer is awaited: the
+// Jupyter server writes to the browser's websocket with Nagle's algorithm on (tornado's default;
+// jupyter_server never turns it off), so the kernel's answer is held in the server until the
+// browser acknowledges the kernel's "busy" message sent just before it, and a browser that has
+// nothing to send acknowledges only after its 40 ms delayed-ACK timer: measured, the answer
+// reached the page ~36 ms after the server wrote it. Any message from the page carries that
+// acknowledgement at once. The kernel ignores a nudge (no frame, no computation). Two nudges,
+// 5 and 15 ms after the request (skipped once answered): "busy" reaches the page ~4 ms after the
+// request (median; 10 ms p90). More nudges were measured slower on a busy 2-core machine (each
+// one makes the kernel publish busy/idle, which JupyterLab also shows).
+const NUDGE_MS = [5, 15];
 
 function bytesOf(v) {
   if (!v) return new Uint8Array(0);
@@ -89,21 +105,24 @@ function render({ model, el: host }) {
   const barCanvas = el("canvas", "", bar);
   const barText = el("div", "roiviz-caption", bar);
   const panels = el("div", "roiviz-panels", row);
+  // The FPN mode (levels given): the box's level, the boundaries, every level's map and output.
+  const fpn = el("div", "roiviz-fpn", root);
   const hover = el("div", "roiviz-hover", root);
   const metrics = el("div", "roiviz-metrics", root);
 
   const state = {
     frame: null, data: new Uint8Array(0), pictureBitmap: null, mapBitmap: null, mapKey: "",
-    drag: null, localBox: null, seq: 0, inflight: null, pending: null, hover: null,
-    sentAt: new Map(), latencies: [], settles: [], panelCanvases: {},
+    drag: null, localBox: null, seq: 0, inflight: [], pending: null, hover: null,
+    latencies: [], settles: [], trips: [], panelCanvases: {},
   };
-  // For the benchmark: latencies of pointer move -> panels repainted, in ms.
+  // For the benchmark: latencies of pointer move -> panels repainted, in ms, and where each one
+  // went (`trips`: waiting for a request in flight, the round trip to the kernel, painting).
   host.__roiviz = state;
 
   const S = () => model.get("scale");
 
   function settledFlag() {
-    const settled = !state.drag && state.inflight === null && state.pending === null;
+    const settled = !state.drag && state.inflight.length === 0 && state.pending === null;
     if (settled && state.releasedAt !== undefined) {
       // For the benchmark: mouse-up -> last frame painted.
       const t = state.releasedAt;
@@ -130,35 +149,47 @@ function render({ model, el: host }) {
       state.mapBitmap = bitmap(bytesOf(model.get("map_image")), f.map.h, f.map.w, 3);
       state.mapKey = key;
     }
-    if (state.inflight !== null && f.seq >= state.inflight) {
-      const t0 = state.sentAt.get(state.inflight);
-      state.inflight = null;
+    const answered = state.inflight.filter((r) => r.seq <= f.seq);
+    if (answered.length) {
+      state.inflight = state.inflight.filter((r) => r.seq > f.seq);
+      const r = answered[answered.length - 1];  // the newest answered; older ones were superseded
+      const tFrame = performance.now();
       if (state.pending !== null) {
         const p = state.pending;
         state.pending = null;
         send(p.box, p.dragging, p.t0);
       }
-      if (t0 !== undefined) {
-        // Measured after this frame is painted (below).
-        requestAnimationFrame(() => state.latencies.push(performance.now() - t0));
-      }
+      // Measured after this frame is painted (below).
+      requestAnimationFrame(() => {
+        const now = performance.now();
+        state.latencies.push(now - r.t0);
+        state.trips.push({ seq: r.seq, sent: performance.timeOrigin + r.sent, arrived: performance.timeOrigin + tFrame,
+          queued: r.sent - r.t0, trip: tFrame - r.sent, draw: state.drawMs, paint: now - tFrame });
+      });
     }
     if (!state.drag) state.localBox = null;
+    const d0 = performance.now();
     draw();
+    state.drawMs = performance.now() - d0;
   }
 
   // ------------------------------------------------------------------ sending the box
   function send(box, dragging, t0) {
-    if (state.inflight !== null) {
+    if (state.inflight.length >= MAX_IN_FLIGHT) {
       state.pending = { box, dragging, t0 };  // latest wins
       settledFlag();
       return;
     }
     state.seq += 1;
-    state.inflight = state.seq;
-    state.sentAt.set(state.seq, t0 === undefined ? performance.now() : t0);
-    if (state.sentAt.size > 200) state.sentAt.delete(state.sentAt.keys().next().value);
+    const now = performance.now();
+    state.inflight.push({ seq: state.seq, t0: t0 === undefined ? now : t0, sent: now });
     model.send({ type: "box", box, dragging, seq: state.seq });
+    const seq = state.seq;
+    for (const ms of NUDGE_MS) {
+      setTimeout(() => {
+        if (state.inflight.some((r) => r.seq === seq)) model.send({ type: "nudge" });
+      }, ms);
+    }
     settledFlag();
   }
 
@@ -295,7 +326,7 @@ function render({ model, el: host }) {
     const h = state.hover;
     if (!h) return;
     const p = f.panels.find((q) => q.name === h.name);
-    if (!p) return;
+    if (!p || p.win_off < 0) return;
     const w = i16(state.data, p.win_off, 4 * f.output_size);
     const n = f.output_size;
     const r0 = w[h.i], r1 = w[n + h.i], c0 = w[2 * n + h.j], c1 = w[3 * n + h.j];
@@ -371,6 +402,71 @@ function render({ model, el: host }) {
     }
   }
 
+  // One column per level: its map with the box, and ROI Align's output from it; the chosen
+  // level's column is marked. Colours are the kernel's (indices into `lut`, per level's scale).
+  function drawFPN() {
+    const f = state.frame;
+    const g = f && f.fpn;
+    fpn.style.display = g ? "" : "none";
+    if (!g) return;
+    const key = g.levels.map((l) => l.level).join(",");
+    if (fpn.dataset.levels !== key) {
+      fpn.innerHTML = "";
+      state.fpnEls = {};
+      el("div", "roiviz-title", fpn).textContent = "FPN: the level this box is pooled from";
+      state.fpnLabel = el("div", "roiviz-fpn-level", fpn);
+      state.fpnBounds = el("div", "roiviz-fpn-boundaries", fpn);
+      const row = el("div", "roiviz-fpn-row", fpn);
+      const maps = bytesOf(model.get("fpn_maps"));
+      for (const l of g.levels) {
+        const col = el("div", "roiviz-fpn-col", row);
+        col.dataset.level = String(l.level);
+        const title = el("div", "roiviz-title", col);
+        const map = el("canvas", "roiviz-fpn-map", col);
+        const panel = el("canvas", "roiviz-fpn-panel", col);
+        panel.dataset.level = String(l.level);
+        const bmp = bitmap(maps.subarray(l.map_off, l.map_off + l.h * l.w * 3), l.h, l.w, 3);
+        state.fpnEls[l.level] = { col, title, map, panel, bmp };
+      }
+      el("div", "roiviz-caption", fpn).textContent =
+        "each column: a level's feature map (mean of its channels, coloured from its own min to " +
+        "max) with the box, and roi_align's output from that map on the same colours; the FPN " +
+        "rule pools the box from one level, chosen by its size.";
+      fpn.dataset.levels = key;
+    }
+    state.fpnLabel.textContent = g.label;
+    state.fpnBounds.innerHTML = "";
+    g.boundaries.forEach((b, i) => {
+      if (i) state.fpnBounds.appendChild(document.createTextNode(" · "));
+      const span = el("span", b.level === g.level ? "roiviz-fpn-bound roiviz-fpn-chosen" : "roiviz-fpn-bound", state.fpnBounds);
+      span.textContent = b.text;
+    });
+    const n = f.output_size, cell = Math.max(4, Math.floor(96 / n)), lut = bytesOf(model.get("lut"));
+    const c = state.data;
+    for (const l of g.levels) {
+      const e = state.fpnEls[l.level];
+      const chosen = l.level === g.level;
+      e.col.classList.toggle("roiviz-fpn-chosen", chosen);
+      e.title.textContent = `P${l.level} · stride ${l.stride} · ${l.h}x${l.w}` + (chosen ? " ← chosen" : "");
+      const M = 96, k = M / Math.max(l.h, l.w);
+      const mctx = sizeCanvas(e.map, M, M);
+      mctx.fillStyle = "#1c1c1e";
+      mctx.fillRect(0, 0, M, M);
+      mctx.drawImage(e.bmp, 0, 0, l.w * k, l.h * k);
+      const [x1, y1, x2, y2] = l.map_box;
+      mctx.strokeStyle = ACTIVE;
+      mctx.lineWidth = 2;
+      mctx.strokeRect(x1 * k, y1 * k, (x2 - x1) * k, (y2 - y1) * k);
+      const ctx = sizeCanvas(e.panel, n * cell, n * cell);
+      e.panel.dataset.n = String(n);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+        const idx = c[l.colors_off + i * n + j];
+        ctx.fillStyle = `rgb(${lut[3 * idx]}, ${lut[3 * idx + 1]}, ${lut[3 * idx + 2]})`;
+        ctx.fillRect(j * cell, i * cell, cell, cell);
+      }
+    }
+  }
+
   function drawColorbar() {
     const f = state.frame;
     if (!f) return;
@@ -407,6 +503,10 @@ function render({ model, el: host }) {
     if (state.hover && state.hover.name === name && state.hover.i === i && state.hover.j === j) return;
     state.hover = { name, i, j };
     const p = f.panels.find((q) => q.name === name);
+    if (p.win_off < 0) {  // a frame sent during a drag: no read windows
+      hover.textContent = `${name}[${i}, ${j}]: release the box to see which cells it reads`;
+      return;
+    }
     const w = i16(state.data, p.win_off, 4 * n);
     let value = "";
     if (p.values_off >= 0) value = ` = ${f32(state.data, p.values_off + 4 * (i * n + j), 1)[0].toPrecision(4)}`;
@@ -432,6 +532,7 @@ function render({ model, el: host }) {
     drawMap();
     drawPanels();
     drawColorbar();
+    drawFPN();
     settledFlag();
   }
 
