@@ -45,7 +45,13 @@ from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
-from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from .boxes import align_geometry, parse_box, pool_bin_edges, sample_grid
 
@@ -206,6 +212,9 @@ def _clean_axes(ax: Axes, ticks: bool) -> None:
     if not ticks:
         ax.set_xticks([])
         ax.set_yticks([])
+        return
+    for axis in (ax.xaxis, ax.yaxis):  # pixels and cells are counted in whole numbers
+        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 4, 5, 10]))
 
 
 def _legend(ax: Axes, where: bool | str, handles: list[Any], **kwargs: Any) -> None:

@@ -372,3 +372,13 @@ def test_plain_log_ticks_on_a_base_2_axis(ax):
     fmt = ax.xaxis.get_major_formatter()
     fmt.set_locs([1.0, 2.0, 4.0, 8.0])
     assert [fmt(v) for v in (1.0, 2.0, 4.0, 8.0)] == ["1", "2", "4", "8"]
+
+
+def test_maps_have_whole_number_ticks():
+    fig = Figure(figsize=(3, 3))
+    ax = fig.add_subplot()
+    viz.draw_roi_align_samples(ax, np.zeros((16, 16)), (30, 20, 100, 84), 3, spatial_scale=1 / 8, sampling_ratio=2)
+    _drawn(fig)
+    for axis in (ax.xaxis, ax.yaxis):
+        ticks = [t for t in axis.get_majorticklocs() if 0 <= t <= 16]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
