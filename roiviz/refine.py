@@ -266,30 +266,47 @@ def plot_refinement(runs: dict[str, Refinement], image: object, target: Box, axe
     """Two panels: the boxes of each run over ``image`` (every ``every``-th step faint, the last
     bold, the target dashed white), and IoU with the target against the step.
 
+    Runs that end in the same place stay visible: the first run is drawn widest and underneath,
+    each later one narrower on top of it, in the boxes and in the IoU curves alike; every bold
+    box lies over every faint one, and the target under them all. The legend of the boxes sits under the left panel, clear of the picture.
+
     ``image`` is anything :func:`roiviz.viz.draw_image` shows, in the boxes' pixel coordinates.
     Returns the two axes.
     """
+    from matplotlib import patheffects
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
     from . import viz
 
     if axes is None:
-        fig = Figure(figsize=(10, 4.2), layout="constrained")
+        fig = Figure(figsize=(10, 4.6), layout="constrained")
         axes = fig.subplots(1, 2)
     ax_img, ax_iou = axes
-    viz.draw_image(ax_img, image, title="box refinement: start, path, end (target dashed)")
+    viz.draw_image(ax_img, image, title=f"boxes every {every} steps (faint) and at the end (bold)")
     colors = ["tab:orange", "tab:red", "tab:cyan", "tab:green", "tab:purple"]
-    for (name, run), color in zip(runs.items(), colors, strict=False):
+    n = len(runs)
+    handles = []
+    for k, ((name, run), color) in enumerate(zip(runs.items(), colors, strict=False)):
+        width = 1.2 + 2.4 * (n - 1 - k) / max(n - 1, 1)  # the first run widest, underneath
         shown = run.boxes[::every]
         for i, (x1, y1, x2, y2) in enumerate([*shown, run.boxes[-1]]):
             last = i == len(shown)
             ax_img.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                                       lw=2.2 if last else 0.8, alpha=1.0 if last else 0.45))
-        ax_iou.plot(range(len(run.iou)), run.iou, color=color, lw=2, label=name)
+                                       lw=width if last else 1.0, alpha=1.0 if last else 0.7,
+                                       zorder=4 + k if last else 3))  # bold over faint
+        ax_iou.plot(range(len(run.iou)), run.iou, color=color, lw=width + 0.6, label=name, zorder=3 + k)
+        handles.append(Line2D([], [], color=color, lw=width, label=f"{name} (end: bold)"))
     x1, y1, x2, y2 = (float(v) for v in target)
-    ax_img.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", lw=1.8, ls="--"))
-    ax_iou.set(xlabel="step", ylabel="IoU with the true box", ylim=(0, 1.02), title="IoU against step")
+    outline = [patheffects.withStroke(linewidth=3.2, foreground="black")]
+    ax_img.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", lw=1.6, ls="--",
+                               zorder=2.5, path_effects=outline))
+    handles.append(Line2D([], [], color="white", lw=1.6, ls="--", label="target (under the runs)"))
+    ax_img.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2,
+                  fontsize=viz.SMALL_FONT_SIZE, facecolor="0.65", edgecolor="none", framealpha=1.0)
+    ax_iou.set(xlabel="step", ylabel="IoU with the true box", ylim=(0, 1.02))
+    ax_iou.set_title("IoU against step", fontsize=viz.FONT_SIZE)
     ax_iou.grid(alpha=0.3)
-    ax_iou.legend(loc="lower right")
+    ax_iou.legend(loc="lower right", fontsize=viz.SMALL_FONT_SIZE)
     return axes

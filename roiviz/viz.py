@@ -29,6 +29,7 @@ cells ``round(x1 * scale) .. round(x2 * scale)`` inclusive, drawn as the quantis
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,13 @@ from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
-from matplotlib.ticker import LogFormatterSciNotation
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogFormatterSciNotation,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from .boxes import align_geometry, parse_box, pool_bin_edges, sample_grid
 
@@ -205,6 +212,23 @@ def _clean_axes(ax: Axes, ticks: bool) -> None:
     if not ticks:
         ax.set_xticks([])
         ax.set_yticks([])
+        return
+    for axis in (ax.xaxis, ax.yaxis):  # pixels and cells are counted in whole numbers
+        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 4, 5, 10]))
+
+
+def _legend(ax: Axes, where: bool | str, handles: list[Any], **kwargs: Any) -> None:
+    """A legend inside the axes' lower right (``True``/``"inside"``), under the axes, clear of
+    the data (``"below"``), or none (``False``)."""
+    if where is False:
+        return
+    if where in (True, "inside"):
+        ax.legend(handles=handles, loc="lower right", fontsize=SMALL_FONT_SIZE, framealpha=0.8, **kwargs)
+    elif where == "below":
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2,
+                  fontsize=SMALL_FONT_SIZE, frameon=False, **kwargs)
+    else:
+        raise ValueError(f"legend must be True, False, 'inside' or 'below', got {where!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +406,7 @@ class RoIPoolArtists:
 def draw_roi_pool_bins(
     ax: Axes, image: Any, box: Sequence[float], output_size: int | tuple[int, int],
     spatial_scale: float = 1.0, *, channel: int | None = None, cmap: str = "gray", ticks: bool = True,
-    legend: bool = True,
+    legend: bool | str = True, values: bool = False,
 ) -> RoIPoolArtists:
     """ROI Pool's view of one box: its quantised bins, and the cells rounding loses and gains.
 
@@ -398,6 +422,11 @@ def draw_roi_pool_bins(
         The feature map the box is pooled from (shown in grey underneath).
     box : (x1, y1, x2, y2)
         In image pixels.
+    legend : bool or {"inside", "below"}
+        Where the legend goes: inside the axes (lower right; ``True``), under them, clear of
+        the map (``"below"``), or nowhere (``False``).
+    values : bool
+        Write each cell's value on it (for small maps, such as a 4x4 teaching example).
 
     Examples
     --------
@@ -427,14 +456,19 @@ def draw_roi_pool_bins(
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     title = ax.set_title("", fontsize=FONT_SIZE)
-    if legend:
-        ax.legend(handles=[Rectangle((0, 0), 1, 1, color=LOST_COLOR, alpha=0.55, label="lost"),
-                           Rectangle((0, 0), 1, 1, color=GAINED_COLOR, alpha=0.55, label="gained"),
-                           Line2D([], [], color="black", linestyle="--", label="true box"),
-                           tuple(Line2D([], [], color=c) for c in BIN_COLORS)],
-                  labels=["lost", "gained", "true box", "bins (alternating colours)"],
-                  handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
-                  loc="lower right", fontsize=SMALL_FONT_SIZE, framealpha=0.8)
+    if values:
+        shown = display_array(chw, channel)
+        lo, hi = float(np.min(shown)), float(np.max(shown))
+        for (r, c), v in np.ndenumerate(shown):
+            dark = hi > lo and (v - lo) / (hi - lo) < 0.5  # the grey map is dark there
+            ax.text(c + 0.5, r + 0.5, f"{v:g}", ha="center", va="center", fontsize=FONT_SIZE,
+                    color="white" if dark else "black", zorder=6)
+    _legend(ax, legend, [Rectangle((0, 0), 1, 1, color=LOST_COLOR, alpha=0.55, label="lost"),
+                         Rectangle((0, 0), 1, 1, color=GAINED_COLOR, alpha=0.55, label="gained"),
+                         Line2D([], [], color="black", linestyle="--", label="true box"),
+                         tuple(Line2D([], [], color=c) for c in BIN_COLORS)],
+            labels=["lost", "gained", "true box", "bins (alternating colours)"],
+            handler_map={tuple: HandlerTuple(ndivide=None, pad=0)})
     _clean_axes(ax, ticks)
     art = RoIPoolArtists(ax, im, true_box, region, bins, lost, gained, title, (ph_n, pw_n), scale, (h, w))
     art.update(box)
@@ -500,21 +534,23 @@ class RoIAlignArtists:
         adaptive = " (adaptive)" if self.sampling_ratio <= 0 else ""
         self.title.set_text(
             f"ROI Align {ph_n}x{pw_n}, aligned={self.aligned}\n"
-            f"sampling_ratio={self.sampling_ratio}{adaptive}: {count} samples per bin"
+            f"sampling_ratio={self.sampling_ratio}{adaptive}:\n{count} samples per bin"
         )
 
 
 def draw_roi_align_samples(
     ax: Axes, image: Any, box: Sequence[float], output_size: int | tuple[int, int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, *,
-    channel: int | None = None, cmap: str = "gray", ticks: bool = True, legend: bool = True,
+    channel: int | None = None, cmap: str = "gray", ticks: bool = True, legend: bool | str = True,
 ) -> RoIAlignArtists:
     """ROI Align's view of one box: the region it samples, its bins and every sample point.
 
     The dashed rectangle is the box as given (``box * spatial_scale``); the solid one is the
     region actually sampled: the same box with ``aligned=True``, shifted by half a cell down
     and right with ``aligned=False`` (the legacy misalignment). Dots are bilinear samples;
-    crosses are samples outside the map, which add 0 but still count in the bin's mean.
+    crosses are samples outside the map, which add 0 but still count in the bin's mean. The
+    bin lines are drawn over the dots, so that they stay visible however dense the samples.
+    ``legend`` is placed as in :func:`draw_roi_pool_bins`.
 
     Examples
     --------
@@ -531,21 +567,19 @@ def draw_roi_align_samples(
     h, w = int(chw.shape[-2]), int(chw.shape[-1])
     im = ax.imshow(display_array(chw, channel), extent=(0, w, h, 0), cmap=cmap, interpolation="nearest",
                    alpha=0.8)
-    region = Rectangle((0, 0), 1, 1, fill=False, edgecolor="#30d158", linewidth=2.0, zorder=3)
-    true_box = Rectangle((0, 0), 1, 1, fill=False, edgecolor="black", linestyle="--", linewidth=1.5, zorder=5)
+    region = Rectangle((0, 0), 1, 1, fill=False, edgecolor="#30d158", linewidth=2.0, zorder=7)
+    true_box = Rectangle((0, 0), 1, 1, fill=False, edgecolor="black", linestyle="--", linewidth=1.5, zorder=8)
     ax.add_patch(region)
     ax.add_patch(true_box)
-    grid = LineCollection([], colors="#30d158", linewidths=0.8, zorder=3)
+    grid = LineCollection([], colors="#30d158", linewidths=1.3, zorder=7)
     ax.add_collection(grid)
-    inside = ax.scatter([], [], s=10, color="#ff3b30", zorder=6, label="sample")
+    inside = ax.scatter([], [], s=8, color="#ff3b30", zorder=6, label="sample")
     outside = ax.scatter([], [], s=16, marker="x", color="#ff9f0a", zorder=6, label="outside the map (adds 0)")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     title = ax.set_title("", fontsize=FONT_SIZE)
-    if legend:
-        ax.legend(handles=[Line2D([], [], color="black", linestyle="--", label="box"),
-                           Line2D([], [], color="#30d158", label="sampled region, bins"), inside, outside],
-                  loc="lower right", fontsize=SMALL_FONT_SIZE, framealpha=0.8)
+    _legend(ax, legend, [Line2D([], [], color="black", linestyle="--", label="box"),
+                         Line2D([], [], color="#30d158", label="sampled region, bins"), inside, outside])
     _clean_axes(ax, ticks)
     art = RoIAlignArtists(ax, im, true_box, region, grid, inside, outside, title, (ph_n, pw_n), scale, (h, w),
                           check_sampling_ratio(sampling_ratio), check_aligned(aligned))
@@ -723,14 +757,28 @@ class PlainLogFormatter(LogFormatterSciNotation):
 
 
 def plain_log_ticks(ax: Axes, axis: str = "both") -> None:
-    """Label the log-scaled ``axis`` (``"x"``, ``"y"`` or ``"both"``) of ``ax`` with plain numbers."""
+    """Label the log-scaled ``axis`` (``"x"``, ``"y"`` or ``"both"``) of ``ax`` with plain numbers.
+
+    Works in the axis's own base: a ``base=2`` axis reads ``1, 2, 4, 8`` instead of ``2⁰ … 2³``.
+
+    Examples
+    --------
+    >>> ax = Figure().add_subplot(xlim=(1, 8))
+    >>> ax.set_xscale("log", base=2)
+    >>> plain_log_ticks(ax, "x")
+    >>> f = ax.xaxis.get_major_formatter()
+    >>> f.set_locs([1.0, 2.0, 4.0, 8.0])
+    >>> [f(v) for v in (1.0, 2.0, 4.0, 8.0)]
+    ['1', '2', '4', '8']
+    """
     if axis not in ("x", "y", "both"):
         raise ValueError(f"axis must be 'x', 'y' or 'both', got {axis!r}")
     for name in ("x", "y") if axis == "both" else (axis,):
         target = ax.xaxis if name == "x" else ax.yaxis
         if target.get_scale() == "log":
-            target.set_major_formatter(PlainLogFormatter())
-            target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+            base = getattr(target.get_transform(), "base", 10.0)  # 2 on a log2 axis: 1, 2, 4, 8
+            target.set_major_formatter(PlainLogFormatter(base=base))
+            target.set_minor_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
 
 
 def _label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -740,7 +788,7 @@ def _label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
 def plot_timings(
     ax: Axes, results: Sequence[Mapping[str, Any]], *, group: str | Sequence[str] = "op",
     hue: Sequence[str] = ("impl", "pass"), value: str = "median_ms", log: bool = True,
-    title: str | None = None,
+    title: str | None = None, values: bool = False, legend: str = "inside",
 ) -> list[Rectangle]:
     """Benchmark medians as grouped bars: one group per ``group`` key, one bar colour per ``hue``.
 
@@ -754,6 +802,15 @@ def plot_timings(
         Key(s) whose values label the groups on the x axis (e.g. ``("op", "workload")``).
     hue : sequence of str
         Key(s) whose values tell bars apart inside a group (legend).
+    values : bool
+        Write each bar's value (2 significant digits) above it, with room made at the top, so
+        that a bar between two tick labels can still be read.
+    legend : {"inside", "above"}
+        The legend inside the axes (matplotlib's best place) or above them, right-aligned, clear
+        of the bars (the title then moves to the left).
+
+    On a log axis the ticks sit at 1, 2 and 5 times each power of ten, all labelled as plain
+    numbers (``0.2``, ``0.5``, ``1``, ``2``).
 
     Returns
     -------
@@ -788,22 +845,40 @@ def plot_timings(
         seen.add(h)
         (bar,) = ax.bar([x], [float(row[value])], width=width, color=colors[h], label=label)
         bars.append(bar)
+    if legend not in ("inside", "above"):
+        raise ValueError(f"legend must be 'inside' or 'above', got {legend!r}")
     ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set_ylabel(value.replace("_ms", " (ms)").replace("_", " "))
+    heights = [float(b.get_height()) for b in bars]
     if log:
         ax.set_yscale("log")
-        plain_log_ticks(ax, "y")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        positive = [h for h in heights if h > 0]
+        if positive:  # the bars' range, with room for a tick below and labels above
+            ax.set_ylim(min(positive) / 1.6, max(positive) * (2.2 if values else 1.3))
+    elif values:
+        ax.set_ylim(top=max(heights) * 1.15)
+    if values:
+        for bar, h in zip(bars, heights, strict=True):
+            ax.annotate(f"{h:.2g}", (bar.get_x() + bar.get_width() / 2, h), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=SMALL_FONT_SIZE)
     if any(hues):
-        ax.legend(fontsize=SMALL_FONT_SIZE)
+        if legend == "above":
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(hues), fontsize=SMALL_FONT_SIZE,
+                      frameon=False, borderaxespad=0.2)
+        else:
+            ax.legend(fontsize=SMALL_FONT_SIZE)
     if title:
-        ax.set_title(title, fontsize=FONT_SIZE)
+        ax.set_title(title, fontsize=FONT_SIZE, loc="left" if legend == "above" else "center")
     return bars
 
 
 def plot_scaling(
     ax: Axes, results: Sequence[Mapping[str, Any]], x: str = "num_rois", *, y: str = "median_ms",
     by: Sequence[str] = ("op", "impl", "pass"), log: bool = True, title: str | None = None,
-    xlabel: str | None = None,
+    xlabel: str | None = None, title_width: int | None = None,
 ) -> list[Line2D]:
     """Benchmark medians against a size: one line per combination of the ``by`` keys.
 
@@ -811,6 +886,8 @@ def plot_scaling(
     several sweeps can be passed together and plotted one sweep at a time (``x="num_rois"``,
     ``x="channels"``, ...). With :mod:`roiviz.bench` rows, which keep the swept value in ``"x"``
     and its name in ``"sweep"``, pass one sweep's rows and ``x="x", xlabel="number of ROIs"``.
+    ``title_width`` wraps each line of the title at that many characters, so that the titles
+    of panels side by side do not run into each other.
 
     Examples
     --------
@@ -841,5 +918,7 @@ def plot_scaling(
     if any(series):
         ax.legend(fontsize=SMALL_FONT_SIZE)
     if title:
+        if title_width is not None:
+            title = "\n".join(textwrap.fill(line, title_width) for line in title.splitlines())
         ax.set_title(title, fontsize=FONT_SIZE)
     return lines

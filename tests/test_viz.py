@@ -311,3 +311,74 @@ def test_strategy_panels_colorbar_follows_the_shared_scale():
     cbar = panels.colorbar(fig, "feature value")
     panels.update({"crop": torch.zeros(1, 1, 2, 2), "resize": torch.full((1, 1, 2, 2), 3.0)})
     assert cbar.mappable.get_clim() == (0.0, 3.0) and cbar.ax.get_ylabel() == "feature value"
+
+
+# ------------------------------------------------------------------- readable figures (review)
+
+
+def _drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def test_roi_pool_bins_values_and_legend_below():
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    viz.draw_roi_pool_bins(ax, x, (0, 0, 20, 20), 2, spatial_scale=0.1, legend="below", values=True)
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in range(16))
+    renderer = _drawn(fig)
+    # The legend is entirely under the map: it covers none of its cells.
+    assert ax.get_legend().get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
+    with pytest.raises(ValueError, match="legend"):
+        viz.draw_roi_pool_bins(Figure().add_subplot(), x, (0, 0, 20, 20), 2, legend="left")
+
+
+def test_roi_align_bins_drawn_over_the_samples(ax):
+    art = viz.draw_roi_align_samples(ax, np.zeros((8, 8)), (0, 0, 8, 8), 2, sampling_ratio=4, legend=False)
+    assert art.grid.get_zorder() > art.inside.get_zorder() and art.region.get_zorder() > art.inside.get_zorder()
+    assert ax.get_legend() is None
+
+
+def test_plot_timings_values_and_legend_above():
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_subplot()
+    bars = viz.plot_timings(ax, ROWS, group=("op", "workload"), values=True, legend="above", title="W")
+    assert [t.get_text() for t in ax.texts] == ["2", "1", "0.5", "3"]
+    lo, hi = ax.get_ylim()
+    assert lo < min(b.get_height() for b in bars) and hi > 2 * max(b.get_height() for b in bars)
+    renderer = _drawn(fig)
+    assert ax.get_legend().get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1 - 1
+    assert ax.get_title(loc="left") == "W"
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text()]
+    assert labels and all(float(t) > 0 for t in labels), labels  # plain numbers: "0.5", "1", "2"
+    with pytest.raises(ValueError, match="legend"):
+        viz.plot_timings(Figure().add_subplot(), ROWS, legend="below")
+
+
+def test_plot_scaling_wraps_the_title(ax):
+    viz.plot_scaling(ax, ROWS, x="num_rois", title="time vs number of ROIs\n(8 channels, 7x7 output, map 50x68)",
+                     title_width=24)
+    lines = ax.get_title().splitlines()
+    assert len(lines) > 2 and all(len(line) <= 24 for line in lines)
+
+
+def test_plain_log_ticks_on_a_base_2_axis(ax):
+    ax.plot([1, 8], [0, 1])
+    ax.set_xscale("log", base=2)
+    viz.plain_log_ticks(ax, "x")
+    fmt = ax.xaxis.get_major_formatter()
+    fmt.set_locs([1.0, 2.0, 4.0, 8.0])
+    assert [fmt(v) for v in (1.0, 2.0, 4.0, 8.0)] == ["1", "2", "4", "8"]
+
+
+def test_maps_have_whole_number_ticks():
+    fig = Figure(figsize=(3, 3))
+    ax = fig.add_subplot()
+    viz.draw_roi_align_samples(ax, np.zeros((16, 16)), (30, 20, 100, 84), 3, spatial_scale=1 / 8, sampling_ratio=2)
+    _drawn(fig)
+    for axis in (ax.xaxis, ax.yaxis):
+        ticks = [t for t in axis.get_majorticklocs() if 0 <= t <= 16]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
