@@ -38,7 +38,8 @@ chromium:
 notebooks: install-test
 	$(BIN)/python scripts/execute_notebooks.py
 
-# Refresh the README's screenshot: the browser test writes its screenshots here only when asked
+# Refresh the README's screenshots (docs/screenshots/explorer-*.png): the browser test writes
+# its screenshots here only when asked
 # (by default they go to a temporary folder, so that `make test` leaves the checkout unchanged).
 screenshots: install-test chromium
 	ROIVIZ_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -m browser tests/test_browser.py
