@@ -347,14 +347,19 @@ def roi_pool_backward(grad, argmax, batch, grad_in):
 
     Channels run in parallel; inside one, ROIs and bins go in torchvision's order.
     """
-    k_n, c_n, p_n = grad.shape
-    for c in prange(c_n):
-        for k in range(k_n):
-            plane = grad_in[batch[k], c]
-            for p in range(p_n):
-                a = argmax[k, c, p]
-                if a != -1:
-                    plane[a] += grad[k, c, p]
+    for c in prange(grad.shape[1]):
+        _pool_backward_channel(grad, argmax, batch, grad_in, c)
+
+
+@njit(cache=True)
+def _pool_backward_channel(grad, argmax, batch, grad_in, c):
+    """Channel ``c`` of :func:`roi_pool_backward`: ROIs and bins in torchvision's order."""
+    for k in range(grad.shape[0]):
+        plane = grad_in[batch[k], c]
+        for p in range(grad.shape[2]):
+            a = argmax[k, c, p]
+            if a != -1:
+                plane[a] += grad[k, c, p]
 
 
 @njit(parallel=True, cache=True)
@@ -420,14 +425,8 @@ def _roi_pool_forward_serial(x, rois, scale, ph_n, pw_n, out, argmax):
 
 @njit(cache=True)
 def _roi_pool_backward_serial(grad, argmax, batch, grad_in):
-    k_n, c_n, p_n = grad.shape
-    for c in range(c_n):
-        for k in range(k_n):
-            plane = grad_in[batch[k], c]
-            for p in range(p_n):
-                a = argmax[k, c, p]
-                if a != -1:
-                    plane[a] += grad[k, c, p]
+    for c in range(grad.shape[1]):
+        _pool_backward_channel(grad, argmax, batch, grad_in, c)
 
 
 @njit(cache=True)
