@@ -39,13 +39,7 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward (input and boxes)")
     parser.add_argument("--workloads", nargs="+", default=["W1", "W3"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    try:  # the numba kernels use as many threads as torch, so that the comparison is fair
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    torch.set_num_threads(args.threads)  # roiviz's kernels use as many threads as torch
     ops = {
         "roi_align sr=2": lambda x, b, w: roiviz.roi_align(x, b, w.output_size, w.spatial_scale, 2, True),
         "prroi_pool": lambda x, b, w: roiviz.prroi_pool(x, b, w.output_size, w.spatial_scale, aligned=True),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -377,6 +378,54 @@ def test_concurrent_threads_get_their_own_results():
         t.join()
     assert not errors
     assert all(torch.equal(results[i], expected[i]) for i in range(4))
+
+
+def test_launch_runs_every_unit_once_on_threads_that_end_with_the_call():
+    from roiviz.ops import _numba
+
+    seen: list[tuple[int, int, str]] = []
+
+    def kernel(tag, lo, hi):  # any callable taking (..., lo, hi) can be launched
+        seen.append((lo, hi, threading.current_thread().name))
+
+    saved, before = torch.get_num_threads(), threading.active_count()
+    try:
+        torch.set_num_threads(3)
+        _numba.launch(kernel, "big", units=50, work=_numba.SERIAL_BELOW)
+        assert sorted(u for lo, hi, _ in seen for u in range(lo, hi)) == list(range(50))
+        assert len(seen) == 12  # 4 ranges per thread
+        assert threading.active_count() == before  # the helper threads were joined
+        seen.clear()
+        _numba.launch(kernel, "small", units=50, work=_numba.SERIAL_BELOW - 1)
+        assert seen == [(0, 50, threading.current_thread().name)]  # small work: the caller alone
+        seen.clear()
+        torch.set_num_threads(1)
+        _numba.launch(kernel, "one thread", units=50, work=10**9)
+        assert seen == [(0, 50, threading.current_thread().name)]
+        torch.set_num_threads(2)
+
+        def failing(lo, hi):
+            if lo > 0:
+                raise ZeroDivisionError(f"unit {lo}")
+
+        with pytest.raises(ZeroDivisionError, match="unit"):  # an error in a helper thread reaches the caller
+            _numba.launch(failing, units=8, work=10**9)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_outputs_are_ordinary_cpu_tensors_but_cannot_grow():
+    """The kernels' outputs live in memory numpy allocates (huge pages where Linux gives them):
+    they pickle, move to shared memory and take in-place ops; ``resize_`` to more elements raises
+    (documented in the README's list of differences)."""
+    x, boxes = _case(3)
+    out = roiviz.roi_align(x, boxes, 7, 0.5, 2, True)
+    assert torch.equal(pickle.loads(pickle.dumps(out)), out)
+    shared = out.clone().share_memory_()
+    assert shared.is_shared() and torch.equal(shared, out)
+    out.mul_(2).resize_(out.numel() // 2)  # shrinking is fine
+    with pytest.raises(RuntimeError, match="not resizable"):
+        roiviz.roi_pool(x, boxes, 7, 0.5).resize_(10**6)
 
 
 class _RoIDataset(torch.utils.data.Dataset):

@@ -11,6 +11,13 @@ bit. Three things differ, none of which changes a number:
 - the backward runs blocks of channels in parallel and, inside a block, ROIs in order, so the
   terms added into an input cell arrive in torchvision's order: no atomics, deterministic.
 
+Each kernel computes a range ``[lo, hi)`` of independent units (ROIs, channel blocks, rows)
+and releases the GIL (``nogil``); :func:`launch` runs the ranges on as many Python threads as
+torch uses. Why not numba's ``parallel=True``: every ``prange`` kernel compiles for 1-2 s on
+first use, twice over with the serial twin that small calls need, and its thread pool cannot
+be entered by two threads at once nor used in a forked child (a DataLoader worker) after the
+parent used it. Threads started per call keep nothing between calls.
+
 Every arithmetic operation is done in the tensor's type ``T`` (float32 or float64): a Python
 int or float constant would promote float32 arithmetic to float64 in numba, so each constant
 goes through :func:`as_type` first. Half types are computed in float32 by the callers.
@@ -21,30 +28,19 @@ when it is writable, else in numba's per-user cache (or ``NUMBA_CACHE_DIR``).
 
 from __future__ import annotations
 
-import os
 import threading
 
-import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 from numba.extending import overload
 
-__all__ = ["channels_last", "launch", "roi_align_backward", "roi_align_forward", "roi_pool_backward", "roi_pool_forward"]
+__all__ = ["blocks_to_nchw", "channels_last", "empty", "launch", "roi_align_backward", "roi_align_forward", "roi_pool_backward", "roi_pool_forward"]
 
-#: numba's ``workqueue`` threading layer must not be entered by two threads at once; calls
-#: from several Python threads take turns (each call is itself parallel).
-_LOCK = threading.Lock()
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: roi_pool's start value, in every dtype
 #: Channels per block of the roi_align backward (blocks run in parallel). A compile-time
 #: constant, so that the innermost loops are vectorised whole; 64 float32 are 4 cache lines.
 GRAD_BLOCK = 64
-
-# GNU OpenMP (numba's choice when it finds it) cannot run in a forked child, such as a
-# DataLoader worker, once the parent has used it; the workqueue layer can. A user's own
-# choice (NUMBA_THREADING_LAYER) wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 
 def as_type(value, like):  # pragma: no cover - only called in compiled code
@@ -164,18 +160,23 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
                         p1 = p2 = p3 = p4 = base * width
                     for c in range(c_n):
                         acc[c] += w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c] + w4 * rows[p4, c]
-    # Written channels first in one pass: out[k] is contiguous, and a bin at a time would write
-    # C numbers PH*PW apart.
+    # Divided along the channels (contiguous: vectorised, where one division at a time would
+    # cost more than all the sampling), then written channels first in one pass: out[k] is
+    # contiguous, and a bin at a time would write C numbers PH*PW apart.
+    for p in range(ph_n * pw_n):
+        acc = tile[p]
+        for c in range(c_n):
+            acc[c] = acc[c] / count
     for c in range(c_n):
         for ph in range(ph_n):
             for pw in range(pw_n):
-                out[k, c, ph, pw] = tile[ph * pw_n + pw, c] / count
+                out[k, c, ph, pw] = tile[ph * pw_n + pw, c]
 
 
-@njit(parallel=True, cache=True)
-def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out):
-    """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward, ROIs in parallel."""
-    for k in prange(rois.shape[0]):
+@njit(cache=True, nogil=True)
+def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out, lo, hi):
+    """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward for ROIs ``lo .. hi``."""
+    for k in range(lo, hi):
         _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out)
 
 
@@ -184,10 +185,14 @@ def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned
     """Channels ``c0 .. c0 + GRAD_BLOCK`` of image ``image`` of torchvision's backward, added
     into ``rows[N*H*W, GRAD_BLOCK]``: its ROIs, their bins and samples in torchvision's order."""
     n = GRAD_BLOCK  # a constant: the compiler vectorises these short loops without a remainder
+    c_n = grad.shape[1]
     t1 = np.empty(n, grad.dtype)
     t2 = np.empty(n, grad.dtype)
     t3 = np.empty(n, grad.dtype)
     t4 = np.empty(n, grad.dtype)
+    # This ROI's gradient for the block, channels last: [PH*PW, B], channels past C zero. Its
+    # source, grad[k, c0:c0 + B], is one contiguous run of the NCHW gradient.
+    tile = np.zeros((ph_n * pw_n, n), grad.dtype)
     for k in range(rois.shape[0]):
         if int(rois[k, 0]) != image:
             continue
@@ -195,6 +200,10 @@ def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned
         start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
         if gh <= 0 or gw <= 0:
             continue
+        for c in range(min(n, c_n - c0)):
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    tile[ph * pw_n + pw, c] = grad[k, c0 + c, ph, pw]
         count = as_type(gh * gw, scale)
         # Dividing by a power of two is multiplying by its inverse, bit for bit (the same real
         # number, rounded once either way), and several times cheaper.
@@ -204,7 +213,7 @@ def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned
         x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
         for ph in range(ph_n):
             for pw in range(pw_n):
-                g = grad[k, ph, pw, c0 : c0 + GRAD_BLOCK]
+                g = tile[ph * pw_n + pw]
                 for iy in range(gh):
                     j = ph * gh + iy
                     if not y_ok[j]:
@@ -246,17 +255,17 @@ def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned
                             rows[p, c] += t4[c]
 
 
-@njit(parallel=True, cache=True)
-def roi_align_backward(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n_n, height, width, grad_in):
-    """Add ``grad[K, PH, PW, C]`` into ``grad_in[C / B, N*H*W, B]`` (zeros; ``B = GRAD_BLOCK``
-    channels per block, ``C`` padded to a multiple of it): torchvision's backward.
+@njit(cache=True, nogil=True)
+def roi_align_backward(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n_n, height, width, grad_in, lo, hi):
+    """Add ``grad[K, C, PH, PW]`` into ``grad_in[C / B, N*H*W, B]`` (zeros; ``B = GRAD_BLOCK``
+    channels per block, the last block padded): torchvision's backward.
 
-    Each (channel block, image) pair runs in parallel with the others, on its own contiguous
-    part of ``grad_in`` (435 KB for the benchmark's detector head, which stays in the L2
+    Units ``lo .. hi`` of ``C / B * N``: each (channel block, image) pair is a unit, which runs in
+    parallel with the others on its own contiguous part of ``grad_in`` (435 KB for the benchmark's detector head, which stays in the L2
     cache); inside one, ROIs, bins and samples go in torchvision's order, so every cell
     receives its terms in that order.
     """
-    for unit in prange(grad_in.shape[0] * n_n):
+    for unit in range(lo, hi):
         blk = unit // n_n
         _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, blk * GRAD_BLOCK, unit % n_n,
                               height, width, grad_in[blk])
@@ -331,23 +340,24 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
                     argmax[k, c, ph, pw] = arg_tile[ph * pw_n + pw, c]
 
 
-@njit(parallel=True, cache=True)
-def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax):
+@njit(cache=True, nogil=True)
+def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax, lo, hi):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward,
-    ROIs in parallel. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>``
+    for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>``
     in row-major order, from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin
     is empty; an empty ``argmax`` is skipped (a forward without gradient)."""
-    for k in prange(rois.shape[0]):
+    for k in range(lo, hi):
         _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax)
 
 
-@njit(parallel=True, cache=True)
-def roi_pool_backward(grad, argmax, batch, grad_in):
-    """Add ``grad[K, C, P]`` into ``grad_in[N, C, H*W]`` (zeros) at ``argmax[K, C, P]``.
+@njit(cache=True, nogil=True)
+def roi_pool_backward(grad, argmax, batch, grad_in, lo, hi):
+    """Add ``grad[K, C, P]`` into ``grad_in[N, C, H*W]`` (zeros) at ``argmax[K, C, P]``, for
+    channels ``lo .. hi``.
 
     Channels run in parallel; inside one, ROIs and bins go in torchvision's order.
     """
-    for c in prange(grad.shape[1]):
+    for c in range(lo, hi):
         _pool_backward_channel(grad, argmax, batch, grad_in, c)
 
 
@@ -362,105 +372,156 @@ def _pool_backward_channel(grad, argmax, batch, grad_in, c):
                 plane[a] += grad[k, c, p]
 
 
-@njit(parallel=True, cache=True)
-def _to_channels_last(x, out):
-    """``out[N, H, W, C] = x[N, C, H, W]``, rows of the map in parallel."""
-    n_n, c_n, height, width = x.shape
-    for i in prange(n_n * height):
-        b = i // height
-        y = i % height
-        for w in range(width):
-            for c in range(c_n):
-                out[b, y, w, c] = x[b, c, y, w]
+@njit(cache=True)
+def _channels_last_row(x, out, i):
+    """Row ``i`` (image ``i // H``, row ``i % H``) of :func:`_to_channels_last`."""
+    c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    b = i // height
+    y = i % height
+    zero = as_type(0, x[0, 0, 0, 0])
+    for w in range(width):
+        for c in range(c_n):
+            out[b, y, w, c] = x[b, c, y, w]
+        for c in range(c_n, out.shape[3]):
+            out[b, y, w, c] = zero
 
 
-def channels_last(input: torch.Tensor) -> torch.Tensor:
+@njit(cache=True, nogil=True)
+def _to_channels_last(x, out, lo, hi):
+    """``out[N, H, W, C'] = x[N, C, H, W]``, channels ``C`` to ``C'`` zero, for rows ``lo .. hi``
+    of ``N*H``."""
+    for i in range(lo, hi):
+        _channels_last_row(x, out, i)
+
+
+@njit(cache=True)
+def _blocks_to_nchw_unit(blocks, out, unit):
+    """Channel block ``unit // N`` of image ``unit % N`` of :func:`_blocks_to_nchw`."""
+    n_n, c_n, cells = out.shape
+    block = blocks.shape[2]
+    b = unit % n_n
+    c0 = (unit // n_n) * block
+    rows = blocks[unit // n_n]
+    for j in range(cells):
+        for c in range(min(block, c_n - c0)):
+            out[b, c0 + c, j] = rows[b * cells + j, c]
+
+
+@njit(cache=True, nogil=True)
+def _blocks_to_nchw(blocks, out, lo, hi):
+    """``out[N, C, H*W]`` from ``blocks[C / B, N*H*W, B]`` (the roi_align backward's layout), for
+    units ``lo .. hi`` of ``C / B * N``."""
+    for unit in range(lo, hi):
+        _blocks_to_nchw_unit(blocks, out, unit)
+
+
+#: numpy's dtypes of the tensors the kernels read and write.
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> torch.Tensor:
+    """A new CPU tensor of ``shape`` (zeros if ``zero``) in memory that numpy allocates.
+
+    Why numpy's: on Linux, numpy asks the kernel for transparent huge pages for arrays of 4 MiB
+    and more (its default; ``NUMPY_MADVISE_HUGEPAGE=0`` turns it off), and torch's allocator
+    does not. Every output of an op is fresh memory, and the first write to fresh memory costs
+    a page fault per page: 12,544 of them for a 49 MiB roi_align output in 4 KiB pages, more
+    time than the kernel's arithmetic on a virtual machine; 25 in 2 MiB pages. Where the system
+    gives no huge pages, nothing changes.
+
+    The tensor owns the array (freed with its last reference) and behaves as any CPU tensor
+    (autograd, pickling, shared memory, DataLoader workers), but for one thing: its storage
+    cannot grow (``resize_`` to more elements raises ``RuntimeError``).
+
+    Examples
+    --------
+    >>> t = empty((2, 3), torch.float32, zero=True)
+    >>> t.dtype, t.shape, t.sum().item()
+    (torch.float32, torch.Size([2, 3]), 0.0)
+    """
+    make = np.zeros if zero else np.empty
+    return torch.from_numpy(make(shape, dtype=_NUMPY[dtype]))
+
+
+def channels_last(input: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     """:func:`roiviz.ops._common.channels_last` for the kernels: the same contiguous
     ``[N, H, W, C]`` in the compute dtype, made by numba's threads when the input is a
     contiguous float32 or float64 map, and a view (no copy) when it is already channels last
     in memory (``memory_format=torch.channels_last``). The kernels only read it.
 
+    ``channels`` (``>= C``) pads the last axis with zeros to that many channels.
+
     Why not torch's ``copy_``: torch's OpenMP threads keep spinning for a while after their
     parallel region and steal the cores from the numba kernel that follows (measured on a
     2-core VM: a W1 roi_align forward took 3-9 ms longer).
+
+    Examples
+    --------
+    >>> x = torch.arange(6.).reshape(1, 3, 1, 2)
+    >>> channels_last(x, channels=4)[0, 0].tolist()
+    [[0.0, 2.0, 4.0, 0.0], [1.0, 3.0, 5.0, 0.0]]
     """
     from ._common import channels_last as torch_channels_last
 
-    if input.dtype not in (torch.float32, torch.float64) or input.numel() == 0:
-        return torch_channels_last(input)
-    if input.is_contiguous(memory_format=torch.channels_last):  # already [N, H, W, C] in memory
-        return input.detach().permute(0, 2, 3, 1).contiguous()
-    if not input.is_contiguous():
-        return torch_channels_last(input)
     n_n, c_n, height, width = input.shape
-    out = torch.empty((n_n, height, width, c_n), dtype=input.dtype)
-    launch(_to_channels_last, input.detach().numpy(), out.numpy(), work=input.numel())
+    pad = (channels or c_n) - c_n
+    fast = input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and input.numel() > 0
+    if not fast:
+        if input.dtype in (torch.float32, torch.float64) and input.is_contiguous(memory_format=torch.channels_last):
+            x = input.detach().permute(0, 2, 3, 1)  # already [N, H, W, C] in memory: no copy
+            x = x if x.is_contiguous() else x.contiguous()
+        else:
+            x = torch_channels_last(input.detach())
+        return torch.nn.functional.pad(x, (0, pad)) if pad else x
+    out = empty((n_n, height, width, c_n + pad), input.dtype)
+    launch(_to_channels_last, input.detach().numpy(), out.numpy(), units=n_n * height, work=input.numel())
     return out
 
 
-# ------------------------------------------------------------------ serial twins, and launching
-# The same loops on the calling thread: each parallel kernel above has a twin that runs its
-# units in order (the same units, so the same results bit for bit).
+def blocks_to_nchw(blocks: torch.Tensor, n_n: int, c_n: int, height: int, width: int) -> torch.Tensor:
+    """``[N, C, H, W]`` from the roi_align backward's ``[C / B, N*H*W, B]`` blocks."""
+    out = empty((n_n, c_n, height * width), blocks.dtype)
+    launch(_blocks_to_nchw, blocks.numpy(), out.numpy(), units=blocks.shape[0] * n_n, work=out.numel())
+    return out.view(n_n, c_n, height, width)
 
 
-@njit(cache=True)
-def _roi_align_forward_serial(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out):
-    for k in range(rois.shape[0]):
-        _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out)
-
-
-@njit(cache=True)
-def _roi_align_backward_serial(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n_n, height, width, grad_in):
-    for unit in range(grad_in.shape[0] * n_n):
-        blk = unit // n_n
-        _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, blk * GRAD_BLOCK, unit % n_n,
-                              height, width, grad_in[blk])
-
-
-@njit(cache=True)
-def _roi_pool_forward_serial(x, rois, scale, ph_n, pw_n, out, argmax):
-    for k in range(rois.shape[0]):
-        _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax)
-
-
-@njit(cache=True)
-def _roi_pool_backward_serial(grad, argmax, batch, grad_in):
-    for c in range(grad.shape[1]):
-        _pool_backward_channel(grad, argmax, batch, grad_in, c)
-
-
-@njit(cache=True)
-def _to_channels_last_serial(x, out):
-    n_n, c_n, height, width = x.shape
-    for b in range(n_n):
-        for y in range(height):
-            for w in range(width):
-                for c in range(c_n):
-                    out[b, y, w, c] = x[b, c, y, w]
-
-
-_SERIAL = {
-    roi_align_forward: _roi_align_forward_serial,
-    roi_align_backward: _roi_align_backward_serial,
-    roi_pool_forward: _roi_pool_forward_serial,
-    roi_pool_backward: _roi_pool_backward_serial,
-    _to_channels_last: _to_channels_last_serial,
-}
+# ------------------------------------------------------------------ launching
 
 #: Below this many elements of work (outputs, or input cells) a kernel runs on the calling
-#: thread: waking numba's workqueue threads costs about 0.1 ms, more than a whole small call.
+#: thread alone: starting a thread costs tens of microseconds, more than a whole small call.
 SERIAL_BELOW = 1 << 15
 
 
-def launch(kernel, *args, work: int | None = None) -> None:
-    """Run a compiled kernel: on the calling thread when ``work`` is below
-    :data:`SERIAL_BELOW` or torch runs one thread (its serial twin), else in parallel with
-    torch's intra-op thread count, one caller at a time."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    serial = _SERIAL.get(kernel)
-    if serial is not None and (threads == 1 or (work is not None and work < SERIAL_BELOW)):
-        serial(*args)
+def launch(kernel, *args, units: int, work: int) -> None:
+    """Run ``kernel(*args, lo, hi)`` over the units ``0 .. units`` (independent of each other).
+
+    On the calling thread when ``work`` (elements written or read) is below
+    :data:`SERIAL_BELOW` or torch runs one thread (``torch.get_num_threads()``); else on that
+    many threads, started for this call and joined before it returns, which take ranges of
+    about ``units / (4 * threads)`` units in turn (units differ in cost: a large box has more
+    samples). The units are the same whichever thread computes them, so the result is too.
+    """
+    threads = min(torch.get_num_threads(), units)
+    if threads <= 1 or work < SERIAL_BELOW:
+        kernel(*args, 0, units)
         return
-    with _LOCK:
-        numba.set_num_threads(threads)
-        kernel(*args)
+    n_ranges = min(units, 4 * threads)
+    bounds = [units * i // n_ranges for i in range(n_ranges + 1)]
+    ranges = iter(range(n_ranges))  # shared: next() is atomic under the GIL
+    errors: list[BaseException] = []
+
+    def work_through() -> None:
+        try:
+            for i in ranges:
+                kernel(*args, bounds[i], bounds[i + 1])
+        except BaseException as error:  # re-raised in the caller below
+            errors.append(error)
+
+    helpers = [threading.Thread(target=work_through, name="roiviz-kernel", daemon=True) for _ in range(threads - 1)]
+    for helper in helpers:
+        helper.start()
+    work_through()
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]

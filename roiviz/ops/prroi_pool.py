@@ -47,7 +47,7 @@ from ._common import cpu_kernels_enabled
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import njit
 
     from . import _numba
 except ImportError:  # pragma: no cover - numba is a dependency; the torch path still works
@@ -217,7 +217,7 @@ class _PrRoIPoolFunction(torch.autograd.Function):
         k_n, c_n = rois.shape[0], input.shape[1]
         if k_n and x.numel():
             out = torch.empty(k_n, c_n, ph_n, pw_n, dtype=dtype)  # every element is written
-            _numba.launch(_forward_kernel, x.numpy(), geometry, scale, offset, out.numpy())
+            _numba.launch(_forward_kernel, x.numpy(), geometry, scale, offset, out.numpy(), units=k_n, work=out.numel())
         else:
             out = torch.zeros(k_n, c_n, ph_n, pw_n, dtype=dtype)
         ctx.save_for_backward(input, rois)
@@ -240,18 +240,19 @@ class _PrRoIPoolFunction(torch.autograd.Function):
             if busy:
                 # One block of channels per thread (long, vectorised inner loops); at least 16.
                 block = max(16, -(-gx.shape[3] // max(1, torch.get_num_threads())))
-                _numba.launch(_input_grad_kernel, go, geometry, scale, offset, gx.numpy(), block)
+                _numba.launch(_input_grad_kernel, go, geometry, scale, offset, gx.numpy(), block, units=-(-gx.shape[3] // block),
+                              work=go.size)
             grad_input = gx.permute(0, 3, 1, 2).to(input.dtype)
         if ctx.needs_input_grad[1]:
             gb = np.zeros(geometry.shape, dtype=np.float64)
             if busy:
-                _numba.launch(_box_grad_kernel, x.numpy(), go, geometry, scale, offset, gb)
+                _numba.launch(_box_grad_kernel, x.numpy(), go, geometry, scale, offset, gb, units=gb.shape[0], work=go.size)
             grad_rois = torch.from_numpy(gb).to(rois.dtype)
         return grad_input, grad_rois, None, None, None, None
 
 
 if numba is not None:
-    # Launched through roiviz.ops._numba.launch: one lock and one threading layer for every kernel.
+    # Launched through roiviz.ops._numba.launch, which runs ranges [lo, hi) of units on threads.
     @njit(cache=True, inline="always")
     def _hat_weight(a, b):
         """The integral of the hat over ``[a, b]``, as :func:`hat_weight`."""
@@ -300,16 +301,16 @@ if numba is not None:
     @njit(cache=True)
     def _n_taps(bin_size, size):
         """Cells a bin of ``bin_size`` can touch along an axis of ``size``: ``ceil(bin) + 2`` at most."""
-        return min(math.floor(bin_size) + 3, size)
+        return int(min(np.floor(bin_size) + 3.0, size))  # in floats: a huge (trusted) box must not overflow
 
-    @njit(parallel=True, cache=True)
-    def _forward_kernel(x, rois, scale, offset, out):
-        """``out[k, :, p, q] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area``; ROIs in parallel.
+    @njit(cache=True, nogil=True)
+    def _forward_kernel(x, rois, scale, offset, out, lo, hi):
+        """``out[k, :, p, q] = sum_ij wy[p, i] wx[q, j] x[b, i, j, :] / area`` for ROIs ``lo .. hi``.
 
         Geometry in float64; the weights and the sums in the data's type (as ROI Align sums)."""
         n_n, height, width, c_n = x.shape
-        k_n, _, ph_n, pw_n = out.shape  # [K, C, PH, PW]: written directly, channels first
-        for k in prange(k_n):
+        _, _, ph_n, pw_n = out.shape  # [K, C, PH, PW]: written directly, channels first
+        for k in range(lo, hi):
             b, start_h, start_w, bin_h, bin_w = _roi_geometry(rois[k], scale, offset, ph_n, pw_n, n_n)
             if b < 0:
                 out[k] = 0.0
@@ -340,16 +341,17 @@ if numba is not None:
                     for c in range(c_n):
                         out[k, c, p, q] = acc[c] / area
 
-    @njit(parallel=True, cache=True)
-    def _input_grad_kernel(go, rois, scale, offset, gx, block):
-        """``gx[b, i, j, c] += go[k, p, q, c] * wy wx / area``: channel blocks in parallel, ROIs in order.
+    @njit(cache=True, nogil=True)
+    def _input_grad_kernel(go, rois, scale, offset, gx, block, lo, hi):
+        """``gx[b, i, j, c] += go[k, p, q, c] * wy wx / area`` for channel blocks ``lo .. hi``
+        (blocks in parallel, ROIs in order).
 
         Each input element receives its terms in the same order (ROI, bin, tap) whatever the
         number of threads or the ``block`` of channels, so the result is deterministic.
         """
         n_n, height, width, c_n = gx.shape
         k_n, ph_n, pw_n, _ = go.shape
-        for c_block in prange((c_n + block - 1) // block):
+        for c_block in range(lo, hi):
             inv_area = np.empty(1, gx.dtype)  # 1 / area in the data's type, like the weights
             c0 = c_block * block
             c1 = min(c0 + block, c_n)
@@ -378,9 +380,9 @@ if numba is not None:
                                 for c in range(c0, c1):
                                     gx[b, i, j, c] += w * go[k, p, q, c]
 
-    @njit(parallel=True, cache=True)
-    def _box_grad_kernel(x, go, rois, scale, offset, gb):
-        """``gb[k] = d loss / d (batch, x1, y1, x2, y2)``: ROIs in parallel, each its own row.
+    @njit(cache=True, nogil=True)
+    def _box_grad_kernel(x, go, rois, scale, offset, gb, lo, hi):
+        """``gb[k] = d loss / d (batch, x1, y1, x2, y2)`` for ROIs ``lo .. hi``, each its own row.
 
         For bin ``[y0, y1] x [x0, x1]`` with ``z[i, j] = sum_c go[c] x[i, j, c]``, the loss term
         ``L = sum_ij wy[i] wx[j] z[i, j] / A`` moves with the right edge as
@@ -389,8 +391,8 @@ if numba is not None:
         ``1 - q / PW`` and ``q / PW`` (left edge of bin ``q``), times ``scale``.
         """
         n_n, height, width, c_n = x.shape
-        k_n, ph_n, pw_n, _ = go.shape
-        for k in prange(k_n):
+        _, ph_n, pw_n, _ = go.shape
+        for k in range(lo, hi):
             b, start_h, start_w, bin_h, bin_w = _roi_geometry(rois[k], scale, offset, ph_n, pw_n, n_n)
             if b < 0:
                 continue  # no gradient through a bin of zero area (or an unreadable box)

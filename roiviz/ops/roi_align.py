@@ -141,11 +141,11 @@ def _roi_align_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Ten
 
     x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
     r = rois.detach()
-    out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
+    out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
     if out.numel():
         xs = x.numpy()
         _numba.launch(_numba.roi_align_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                      sampling_ratio, aligned, out.numpy(), work=out.numel())
+                      sampling_ratio, aligned, out.numpy(), units=r.shape[0], work=out.numel())
     return out.to(input.dtype)
 
 
@@ -181,17 +181,14 @@ class _RoIAlignCPU(torch.autograd.Function):
         block = _numba.GRAD_BLOCK
         blocks = -(-c_n // block)
         # Blocks of channels, each contiguous: [C / B, N*H*W, B].
-        grad_in = torch.zeros(blocks, n_n * height * width, block, dtype=dtype)
+        grad_in = _numba.empty((blocks, n_n * height * width, block), dtype, zero=True)
         if grad_out.numel():
-            grad = grad_out.new_zeros(grad_out.shape[0], ph_n, pw_n, blocks * block, dtype=dtype)  # [K, PH, PW, C]
-            grad[..., :c_n] = grad_out.permute(0, 2, 3, 1)
+            grad = grad_out.to(dtype).contiguous()  # [K, C, PH, PW]
             gi = grad_in.numpy()
             _numba.launch(_numba.roi_align_backward, grad.numpy(), rois.numpy(), gi.dtype.type(scale), ph_n, pw_n,
-                          sampling_ratio, aligned, n_n, height, width, gi, work=grad_out.numel())
-        grad_nchw = torch.empty(n_n, c_n, height, width, dtype=ctx.input_dtype)
-        cells = height * width
-        grad_nchw.view(n_n, c_n, cells).copy_(
-            grad_in.view(blocks, n_n, cells, block).permute(1, 0, 3, 2).reshape(n_n, blocks * block, cells)[:, :c_n])
+                          sampling_ratio, aligned, n_n, height, width, gi, units=blocks * n_n,
+                          work=grad_out.numel())
+        grad_nchw = _numba.blocks_to_nchw(grad_in, n_n, c_n, height, width).to(ctx.input_dtype)
         return grad_nchw, None, None, None, None, None, None
 
 

@@ -123,12 +123,12 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
 
     x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
     r = rois.detach()
-    out = torch.empty(r.shape[0], x.shape[3], ph_n, pw_n, dtype=x.dtype)
-    argmax = torch.empty(out.shape if with_argmax else (0, 0, 0, 0), dtype=torch.int32)
+    out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
+    argmax = _numba.empty(tuple(out.shape) if with_argmax else (0, 0, 0, 0), torch.int32)
     if out.numel():
         xs = x.numpy()
         _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                      out.numpy(), argmax.numpy(), work=out.numel())
+                      out.numpy(), argmax.numpy(), units=r.shape[0], work=out.numel())
     return out.to(input.dtype), argmax
 
 
@@ -148,6 +148,9 @@ class _RoIPoolCPU(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         input, rois = inputs[0], inputs[1]
         ctx.mark_non_differentiable(output[1])
+        # Else autograd hands backward a zero tensor the size of argmax (49 MiB for W1), made
+        # and written for nothing.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1], rois.detach()[:, 0].long())
         ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
 
@@ -159,12 +162,12 @@ class _RoIPoolCPU(torch.autograd.Function):
         argmax, batch = ctx.saved_tensors
         n_n, c_n, height, width = ctx.input_shape
         dtype = compute_dtype(ctx.input_dtype)
-        grad_in = torch.zeros(n_n, c_n, height * width, dtype=dtype)
-        if grad_out.numel():
+        grad_in = _numba.empty((n_n, c_n, height * width), dtype, zero=True)
+        if grad_out is not None and grad_out.numel():  # None: no gradient reached the output
             k_n = grad_out.shape[0]
             grad = grad_out.to(dtype).reshape(k_n, c_n, -1).contiguous()  # [K, C, PH*PW]
             _numba.launch(_numba.roi_pool_backward, grad.numpy(), argmax.view(k_n, c_n, -1).numpy(), batch.numpy(),
-                          grad_in.numpy(), work=grad_out.numel())
+                          grad_in.numpy(), units=c_n, work=grad_out.numel())
         return grad_in.view(ctx.input_shape).to(ctx.input_dtype), None, None, None, None
 
 
