@@ -124,8 +124,9 @@ def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
 
 
 @njit(cache=True)
-def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out):
-    """Every output of ROI ``k``: torchvision's forward loop for one ROI."""
+def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile):
+    """Every output of ROI ``k``: torchvision's forward loop for one ROI, its sums kept in
+    ``tile[PH*PW, C]`` (channels last) until they are written."""
     height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
     b = int(rois[k, 0])
     start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
@@ -136,7 +137,6 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
     rows = x.reshape((-1, c_n))  # [N*H*W, C]: plain row indices, no array views per sample
     base = b * height
-    tile = np.empty((ph_n * pw_n, c_n), x.dtype)  # this ROI's sums, channels last
     zero = as_type(0, scale)
     for ph in range(ph_n):
         for pw in range(pw_n):
@@ -176,8 +176,9 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
 @njit(cache=True, nogil=True)
 def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out, lo, hi):
     """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward for ROIs ``lo .. hi``."""
+    tile = np.empty((ph_n * pw_n, x.shape[3]), x.dtype)  # one for the range: 200 KB for a 14x14 head
     for k in range(lo, hi):
-        _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out)
+        _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile)
 
 
 @njit(cache=True)
@@ -281,7 +282,7 @@ def _round_half_away(v):
 
 
 @njit(cache=True)
-def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
+def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward.
 
     ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major
@@ -300,8 +301,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
     bin_w = as_type(roi_w, scale) / as_type(pw_n, scale)
     rows = x.reshape((-1, c_n))  # [N*H*W, C]
     base = b * height
-    best_tile = np.empty((ph_n * pw_n, c_n), x.dtype)  # this ROI's results, channels last
-    arg_tile = np.empty((ph_n * pw_n, c_n), np.int32)
+    track = argmax.size > 0
     for ph in range(ph_n):
         hstart = int(np.floor(as_type(ph, scale) * bin_h))
         hend = int(np.ceil(as_type(ph + 1, scale) * bin_h))
@@ -316,10 +316,17 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
             best = best_tile[ph * pw_n + pw]
             arg = arg_tile[ph * pw_n + pw]
             best[:] = as_type(0 if empty else -_FLT_MAX, scale)
-            arg[:] = -1
+            if track:
+                arg[:] = -1
             for h in range(hstart, hend):
                 for w in range(wstart, wend):
                     p = (base + h) * width + w
+                    if not track:  # the same strict > (NaN never wins), without the argmax
+                        for c in range(c_n):
+                            v = rows[p, c]
+                            old = best[c]
+                            best[c] = v if v > old else old
+                        continue
                     cell = np.int32(h * width + w)
                     for c in range(c_n):  # as selects of loaded values, which vectorise
                         v = rows[p, c]
@@ -333,7 +340,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax):
         for ph in range(ph_n):
             for pw in range(pw_n):
                 out[k, c, ph, pw] = best_tile[ph * pw_n + pw, c]
-    if argmax.size:
+    if track:
         for c in range(c_n):
             for ph in range(ph_n):
                 for pw in range(pw_n):
@@ -346,8 +353,10 @@ def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax, lo, hi):
     for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>``
     in row-major order, from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin
     is empty; an empty ``argmax`` is skipped (a forward without gradient)."""
+    best_tile = np.empty((ph_n * pw_n, x.shape[3]), x.dtype)  # one ROI's results, channels last
+    arg_tile = np.empty((ph_n * pw_n, x.shape[3]), np.int32)
     for k in range(lo, hi):
-        _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax)
+        _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile)
 
 
 @njit(cache=True, nogil=True)
