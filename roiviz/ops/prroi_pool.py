@@ -212,11 +212,11 @@ class _PrRoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: float, offset: float) -> Tensor:
         dtype = compute_dtype(input.dtype)
-        x = input.detach().to(dtype).permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]
         geometry = rois.detach().to(torch.float64).contiguous().numpy()
         k_n, c_n = rois.shape[0], input.shape[1]
-        if k_n and x.numel():
-            out = torch.empty(k_n, c_n, ph_n, pw_n, dtype=dtype)  # every element is written
+        if k_n and input.numel():
+            x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
+            out = _numba.empty((k_n, c_n, ph_n, pw_n), dtype)  # every element is written
             _numba.launch(_forward_kernel, x.numpy(), geometry, scale, offset, out.numpy(), units=k_n, work=out.numel())
         else:
             out = torch.zeros(k_n, c_n, ph_n, pw_n, dtype=dtype)
@@ -230,13 +230,13 @@ class _PrRoIPoolFunction(torch.autograd.Function):
         input, rois = ctx.saved_tensors
         _, _, scale, offset = ctx.geometry
         dtype = compute_dtype(input.dtype)
-        go = grad_output.to(dtype).permute(0, 2, 3, 1).contiguous().numpy()  # [K, PH, PW, C]
+        go = _numba.channels_last(grad_output).numpy()  # [K, PH, PW, C] in the compute dtype
         geometry = rois.detach().to(torch.float64).contiguous().numpy()
-        x = input.detach().to(dtype).permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]
+        n_n, c_n, height, width = input.shape
         grad_input = grad_rois = None
-        busy = rois.shape[0] > 0 and x.numel() > 0
+        busy = rois.shape[0] > 0 and input.numel() > 0
         if ctx.needs_input_grad[0]:
-            gx = torch.zeros_like(x)  # [N, H, W, C]
+            gx = _numba.empty((n_n, height, width, c_n), dtype, zero=True)  # [N, H, W, C]
             if busy:
                 # One block of channels per thread (long, vectorised inner loops); at least 16.
                 block = max(16, -(-gx.shape[3] // max(1, torch.get_num_threads())))
@@ -246,6 +246,7 @@ class _PrRoIPoolFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gb = np.zeros(geometry.shape, dtype=np.float64)
             if busy:
+                x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
                 _numba.launch(_box_grad_kernel, x.numpy(), go, geometry, scale, offset, gb, units=gb.shape[0], work=go.size)
             grad_rois = torch.from_numpy(gb).to(rois.dtype)
         return grad_input, grad_rois, None, None, None, None
