@@ -362,6 +362,25 @@ def test_boxes_that_require_grad_get_none_and_the_input_gets_its_gradient(op, si
     torch.testing.assert_close(x.grad, expected_x.grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("op", [roiviz.roi_pool, roiviz.roi_align], ids=["roi_pool", "roi_align"])
+@pytest.mark.parametrize("k", [2, 0], ids=["boxes", "no boxes"])
+def test_when_only_the_boxes_require_grad_the_output_is_differentiable_like_torchvisions(op, k, kernels, monkeypatch):
+    """torchvision's output requires grad when the boxes do, and backward() leaves boxes.grad None."""
+    monkeypatch.setenv("ROIVIZ_KERNELS", kernels)
+    x = torch.randn(1, 3, 12, 12)
+    boxes = torch.tensor([[0, 1.0, 2.0, 20.0, 17.0], [0, 4.0, 4.0, 9.0, 30.0]])[:k].requires_grad_()
+    out = op(x, boxes, 5, 0.5)
+    assert out.requires_grad
+    out.sum().backward()
+    assert boxes.grad is None
+    assert torch.equal(out.detach(), op(x, boxes.detach(), 5, 0.5))
+    listed = op(x, [boxes[:, 1:]], 5, 0.5)  # the list form too
+    assert listed.requires_grad
+    with torch.no_grad():
+        assert not op(x, boxes, 5, 0.5).requires_grad
+
+
 @pytest.mark.parametrize("op", [roiviz.roi_pool, roiviz.roi_align])
 def test_torch_compile_under_no_grad(op):
     x = torch.randn(2, 8, 20, 24)

@@ -2,7 +2,8 @@
 
 - every argument is checked (:mod:`roiviz._checks`) and the boxes are parsed into one
   ``Tensor[K, 5]`` (:func:`roiviz.boxes.to_rois`), detached: like torchvision, box coordinates
-  get no gradient (``boxes.grad`` stays ``None``);
+  get no gradient (``boxes.grad`` stays ``None``), yet the output is differentiable when boxes
+  require grad (:func:`boxes_in_graph`), as torchvision's is;
 - torchvision's edge cases are answered here, so the kernels only ever see a non-empty problem:
   no boxes, an empty batch, zero channels or a 0 in ``output_size`` give an empty or all-zero
   ``Tensor[K, C, PH, PW]`` that is still part of the autograd graph;
@@ -20,7 +21,7 @@ import torch
 from .._checks import check_input, check_output_size, check_spatial_scale
 from ..boxes import BoxesLike, compute_dtype, to_rois
 
-__all__ = ["autocast_on", "empty_problem", "empty_result", "roi_arguments"]
+__all__ = ["autocast_on", "boxes_in_graph", "empty_problem", "empty_result", "roi_arguments"]
 
 
 def roi_arguments(
@@ -73,3 +74,37 @@ def autocast_on(input: object) -> bool:
         return torch.is_autocast_enabled(input.device.type)
     except RuntimeError:  # a device type autocast does not know (e.g. meta): nothing to turn off
         return False
+
+
+class _NoBoxGradient(torch.autograd.Function):
+    """The output unchanged, in the graph of the boxes, which get no gradient (``None``)."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, *boxes: torch.Tensor) -> torch.Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (grad, *(None for _ in ctx.needs_input_grad[1:]))
+
+
+def boxes_in_graph(out: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+    """``out``, differentiable when some box tensor requires grad, as torchvision's output is.
+
+    torchvision's ``roi_align``/``roi_pool`` return an output that requires grad whenever the
+    input *or the boxes* do, and give the boxes no gradient: code that calls ``backward()`` on
+    it must not fail because only the boxes required grad. The gradient reaching the boxes is
+    ``None``, so ``boxes.grad`` stays ``None``.
+
+    Examples
+    --------
+    >>> boxes = torch.tensor([[0, 0.0, 0.0, 2.0, 2.0]], requires_grad=True)
+    >>> out = boxes_in_graph(torch.ones(1, 1, 2, 2), boxes)
+    >>> out.requires_grad, out.sum().backward(), boxes.grad
+    (True, None, None)
+    """
+    if out.requires_grad or not torch.is_grad_enabled():
+        return out
+    tensors = [boxes] if isinstance(boxes, torch.Tensor) else [b for b in boxes if isinstance(b, torch.Tensor)]
+    needing = [b for b in tensors if b.requires_grad]
+    return _NoBoxGradient.apply(out, *needing) if needing else out

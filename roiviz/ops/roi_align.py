@@ -35,7 +35,7 @@ from .._checks import check_adaptive_grid, check_aligned, check_eager, check_sam
 from ..boxes import BoxesLike, align_geometry, compute_dtype
 from . import _triton
 from ._common import axis_taps, channels_last, cpu_kernels_enabled
-from ._door import autocast_on, empty_problem, empty_result, roi_arguments
+from ._door import autocast_on, boxes_in_graph, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIAlign", "roi_align"]
 
@@ -108,11 +108,11 @@ def roi_align(
     aligned = check_aligned(aligned)
     input, rois, ph_n, pw_n, scale = roi_arguments(input, boxes, output_size, spatial_scale)
     if empty_problem(input, rois, ph_n, pw_n):
-        return empty_result(input, rois.shape[0], ph_n, pw_n)
+        return boxes_in_graph(empty_result(input, rois.shape[0], ph_n, pw_n), boxes)
     if sampling_ratio <= 0:
         check_adaptive_grid(rois, float(scale), ph_n, pw_n, aligned)
     # ---- End of the front door.
-    return _compute(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned)
+    return boxes_in_graph(_compute(input, rois, ph_n, pw_n, scale, sampling_ratio, aligned), boxes)
 
 
 # -------------------------------------------------------------------------------------------

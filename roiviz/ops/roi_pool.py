@@ -29,7 +29,7 @@ from .._checks import check_eager
 from ..boxes import BoxesLike, compute_dtype, pool_bin_edges
 from . import _triton
 from ._common import cpu_kernels_enabled
-from ._door import autocast_on, empty_problem, empty_result, roi_arguments
+from ._door import autocast_on, boxes_in_graph, empty_problem, empty_result, roi_arguments
 
 __all__ = ["RoIPool", "roi_pool"]
 
@@ -93,9 +93,9 @@ def roi_pool(
     check_eager("roi_pool", input=input, boxes=boxes)
     input, rois, ph_n, pw_n, scale = roi_arguments(input, boxes, output_size, spatial_scale)
     if empty_problem(input, rois, ph_n, pw_n):
-        return empty_result(input, rois.shape[0], ph_n, pw_n)
+        return boxes_in_graph(empty_result(input, rois.shape[0], ph_n, pw_n), boxes)
     # ---- End of the front door.
-    return _compute(input, rois, ph_n, pw_n, scale)
+    return boxes_in_graph(_compute(input, rois, ph_n, pw_n, scale), boxes)
 
 
 # -------------------------------------------------------------------------------------------
