@@ -23,7 +23,10 @@ int or float constant would promote float32 arithmetic to float64 in numba, so e
 goes through :func:`as_type` first. Half types are computed in float32 by the callers.
 
 The kernels are compiled on first use and cached on disk (``cache=True``): next to this file
-when it is writable, else in numba's per-user cache (or ``NUMBA_CACHE_DIR``).
+when it is writable, else in numba's per-user cache (or ``NUMBA_CACHE_DIR``). They use numba's
+``error_model="numpy"``: a division by zero gives inf or NaN, as in the C++, instead of raising
+(Python's model), and the zero checks it drops let more loops vectorise (roi_pool's forward
+kernel ran 5-8 % faster in an A/B).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _as_type(value, like):
     return impl
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _align_axis(start, bin_size, grid, n_bins, size, like):
     """One axis of torchvision's ``pre_calc_for_bilinear_interpolate``, for every sample.
 
@@ -99,7 +102,7 @@ def _align_axis(start, bin_size, grid, n_bins, size, like):
     return ok, low, high, lw, hw
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
     """Box start, bin size and grid of one ROI: torchvision's expressions, in its order."""
     offset = as_type(0.5 if aligned else 0.0, scale)
@@ -123,7 +126,7 @@ def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
     return start_h, start_w, bin_h, bin_w, grid_h, grid_w
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile):
     """Every output of ROI ``k``: torchvision's forward loop for one ROI, its sums kept in
     ``tile[PH*PW, C]`` (channels last) until they are written."""
@@ -173,7 +176,7 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
                 out[k, c, ph, pw] = tile[ph * pw_n + pw, c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out, lo, hi):
     """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward for ROIs ``lo .. hi``."""
     tile = np.empty((ph_n * pw_n, x.shape[3]), x.dtype)  # one for the range: 200 KB for a 14x14 head
@@ -181,7 +184,7 @@ def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out, 
         _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, c0, image, height, width, rows):
     """Channels ``c0 .. c0 + GRAD_BLOCK`` of image ``image`` of torchvision's backward, added
     into ``rows[N*H*W, GRAD_BLOCK]``: its ROIs, their bins and samples in torchvision's order."""
@@ -256,7 +259,7 @@ def _align_backward_block(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned
                             rows[p, c] += t4[c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def roi_align_backward(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n_n, height, width, grad_in, lo, hi):
     """Add ``grad[K, C, PH, PW]`` into ``grad_in[C / B, N*H*W, B]`` (zeros; ``B = GRAD_BLOCK``
     channels per block, the last block padded): torchvision's backward.
@@ -272,7 +275,7 @@ def roi_align_backward(grad, rois, scale, ph_n, pw_n, sampling_ratio, aligned, n
                               height, width, grad_in[blk])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _round_half_away(v):
     """C's ``round``: to the nearest integer, halves away from zero (exact)."""
     whole = np.trunc(v)
@@ -281,7 +284,7 @@ def _round_half_away(v):
     return int(whole)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward.
 
@@ -347,7 +350,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
                     argmax[k, c, ph, pw] = arg_tile[ph * pw_n + pw, c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax, lo, hi):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward,
     for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>``
@@ -359,7 +362,7 @@ def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax, lo, hi):
         _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def roi_pool_backward(grad, argmax, batch, grad_in, lo, hi):
     """Add ``grad[K, C, P]`` into ``grad_in[N, C, H*W]`` (zeros) at ``argmax[K, C, P]``, for
     channels ``lo .. hi``.
@@ -370,7 +373,7 @@ def roi_pool_backward(grad, argmax, batch, grad_in, lo, hi):
         _pool_backward_channel(grad, argmax, batch, grad_in, c)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pool_backward_channel(grad, argmax, batch, grad_in, c):
     """Channel ``c`` of :func:`roi_pool_backward`: ROIs and bins in torchvision's order."""
     for k in range(grad.shape[0]):
@@ -381,7 +384,7 @@ def _pool_backward_channel(grad, argmax, batch, grad_in, c):
                 plane[a] += grad[k, c, p]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _channels_last_row(x, out, i):
     """Row ``i`` (image ``i // H``, row ``i % H``) of :func:`_to_channels_last`."""
     c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -395,7 +398,7 @@ def _channels_last_row(x, out, i):
             out[b, y, w, c] = zero
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _to_channels_last(x, out, lo, hi):
     """``out[N, H, W, C'] = x[N, C, H, W]``, channels ``C`` to ``C'`` zero, for rows ``lo .. hi``
     of ``N*H``."""
@@ -403,7 +406,7 @@ def _to_channels_last(x, out, lo, hi):
         _channels_last_row(x, out, i)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _blocks_to_nchw_unit(blocks, out, unit):
     """Channel block ``unit // N`` of image ``unit % N`` of :func:`_blocks_to_nchw`."""
     n_n, c_n, cells = out.shape
@@ -416,7 +419,7 @@ def _blocks_to_nchw_unit(blocks, out, unit):
             out[b, c0 + c, j] = rows[b * cells + j, c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _blocks_to_nchw(blocks, out, lo, hi):
     """``out[N, C, H*W]`` from ``blocks[C / B, N*H*W, B]`` (the roi_align backward's layout), for
     units ``lo .. hi`` of ``C / B * N``."""
