@@ -21,11 +21,15 @@ test: install-test chromium
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Each install ends by compiling the CPU kernels (numba, cached on disk next to them), so that
+# the first call in a notebook loads them instead of waiting seconds for the compiler.
 install-notebooks: $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[notebooks]"
+	$(BIN)/roiviz compile
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[test]"
+	$(BIN)/roiviz compile
 
 # The real-browser test drives Debian's chromium (never `playwright install`: no downloads).
 chromium:

@@ -1,4 +1,4 @@
-"""The ``roiviz`` command: ``roiviz demo``, ``bench``, ``experiment`` and ``explore``.
+"""The ``roiviz`` command: ``roiviz demo``, ``bench``, ``experiment``, ``explore`` and ``compile``.
 
 Each subcommand lives with its idea (:mod:`roiviz.demo`, :mod:`roiviz.bench`,
 :mod:`roiviz.experiments`) and exposes ``main(argv) -> int``; this module only dispatches,
@@ -15,11 +15,12 @@ COMMANDS = {
     "bench": ("roiviz.bench", "time every op and strategy (against torchvision when installed)"),
     "experiment": ("roiviz.experiments", "train a small head per strategy and compare them"),
     "explore": ("roiviz.explore", "the Explorer alone on a page (Voila), e.g. for a projector"),
+    "compile": ("roiviz.ops._numba", "compile the CPU kernels now, so that a first call does not wait"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: roiviz {demo,bench,experiment,explore} [options]", "", "commands:"]
+    lines = ["usage: roiviz {demo,bench,experiment,explore,compile} [options]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'roiviz COMMAND --help' for a command's options."]
     return "\n".join(lines)

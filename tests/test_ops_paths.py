@@ -502,6 +502,21 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path):
     assert runs[1] < runs[0]
 
 
+def test_roiviz_compile_fills_the_cache_with_every_kernel(tmp_path):
+    """``roiviz compile`` (run by ``make lab``/``make test`` after installing) leaves every kernel
+    in the disk cache, so that a notebook's first call only loads them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "roiviz", "compile", "--dtypes", "float32"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "CPU kernels ready for float32" in out.stdout
+    cached = {p.name.split("-")[0] for p in (tmp_path / "cache").rglob("*.nbi")}
+    for kernel in ("roi_align_forward", "roi_align_backward", "roi_pool_forward", "roi_pool_backward",
+                   "_to_channels_last", "_blocks_to_nchw"):
+        assert f"_numba.{kernel}" in cached, kernel
+    assert {"prroi_pool._forward_kernel", "prroi_pool._input_grad_kernel", "prroi_pool._box_grad_kernel"} <= cached
+
+
 # ------------------------------------------------------------------ no host synchronisation
 
 
