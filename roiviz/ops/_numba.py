@@ -390,18 +390,14 @@ def _channels_last_row(x, out, i):
     c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
     b = i // height
     y = i % height
-    zero = as_type(0, x[0, 0, 0, 0])
     for w in range(width):
         for c in range(c_n):
             out[b, y, w, c] = x[b, c, y, w]
-        for c in range(c_n, out.shape[3]):
-            out[b, y, w, c] = zero
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _to_channels_last(x, out, lo, hi):
-    """``out[N, H, W, C'] = x[N, C, H, W]``, channels ``C`` to ``C'`` zero, for rows ``lo .. hi``
-    of ``N*H``."""
+    """``out[N, H, W, C] = x[N, C, H, W]`` for rows ``lo .. hi`` of ``N*H``."""
     for i in range(lo, hi):
         _channels_last_row(x, out, i)
 
@@ -455,13 +451,11 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> tor
     return torch.from_numpy(make(shape, dtype=_NUMPY[dtype]))
 
 
-def channels_last(input: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+def channels_last(input: torch.Tensor) -> torch.Tensor:
     """:func:`roiviz.ops._common.channels_last` for the kernels: the same contiguous
     ``[N, H, W, C]`` in the compute dtype, made by numba's threads when the input is a
     contiguous float32 or float64 map, and a view (no copy) when it is already channels last
     in memory (``memory_format=torch.channels_last``). The kernels only read it.
-
-    ``channels`` (``>= C``) pads the last axis with zeros to that many channels.
 
     Why not torch's ``copy_``: torch's OpenMP threads keep spinning for a while after their
     parallel region and steal the cores from the numba kernel that follows (measured on a
@@ -470,22 +464,18 @@ def channels_last(input: torch.Tensor, channels: int | None = None) -> torch.Ten
     Examples
     --------
     >>> x = torch.arange(6.).reshape(1, 3, 1, 2)
-    >>> channels_last(x, channels=4)[0, 0].tolist()
-    [[0.0, 2.0, 4.0, 0.0], [1.0, 3.0, 5.0, 0.0]]
+    >>> channels_last(x)[0, 0].tolist()
+    [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]
     """
     from ._common import channels_last as torch_channels_last
 
     n_n, c_n, height, width = input.shape
-    pad = (channels or c_n) - c_n
     fast = input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and input.numel() > 0
     if not fast:
         if input.dtype in (torch.float32, torch.float64) and input.is_contiguous(memory_format=torch.channels_last):
-            x = input.detach().permute(0, 2, 3, 1)  # already [N, H, W, C] in memory: no copy
-            x = x if x.is_contiguous() else x.contiguous()
-        else:
-            x = torch_channels_last(input.detach())
-        return torch.nn.functional.pad(x, (0, pad)) if pad else x
-    out = empty((n_n, height, width, c_n + pad), input.dtype)
+            return input.detach().permute(0, 2, 3, 1)  # already [N, H, W, C] in memory: no copy
+        return torch_channels_last(input.detach())
+    out = empty((n_n, height, width, c_n), input.dtype)
     launch(_to_channels_last, input.detach().numpy(), out.numpy(), units=n_n * height, work=input.numel())
     return out
 
