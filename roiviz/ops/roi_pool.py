@@ -124,7 +124,10 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
     x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
     r = rois.detach()
     out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
-    argmax = _numba.empty(tuple(out.shape) if with_argmax else (0, 0, 0, 0), torch.int32)
+    # The argmax is the cell h * W + w: int16 when every cell fits (a W1 map has 3,400 cells), half
+    # the memory to write, keep for the backward and read again of torchvision's int32.
+    index = torch.int16 if input.shape[2] * input.shape[3] <= torch.iinfo(torch.int16).max else torch.int32
+    argmax = _numba.empty(tuple(out.shape) if with_argmax else (0, 0, 0, 0), index)
     if out.numel():
         xs = x.numpy()
         _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
@@ -166,8 +169,9 @@ class _RoIPoolCPU(torch.autograd.Function):
         if grad_out is not None and grad_out.numel():  # None: no gradient reached the output
             k_n = grad_out.shape[0]
             grad = grad_out.to(dtype).reshape(k_n, c_n, -1).contiguous()  # [K, C, PH*PW]
+            block = _numba.pool_grad_block(height * width, grad_in.element_size())
             _numba.launch(_numba.roi_pool_backward, grad.numpy(), argmax.view(k_n, c_n, -1).numpy(), batch.numpy(),
-                          grad_in.numpy(), units=c_n, work=grad_out.numel())
+                          grad_in.numpy(), block, units=-(-c_n // block), work=grad_out.numel())
         return grad_in.view(ctx.input_shape).to(ctx.input_dtype), None, None, None, None
 
 
