@@ -156,12 +156,13 @@ def test_the_kernels_add_many_terms_into_one_cell_in_torchvision_order():
     assert torch.equal(grad, reference.roi_pool_backward(x, boxes, weight, 1.0))
 
 
+@pytest.mark.parametrize("channels", [5, 17])  # the one-channel-at-a-time scan and the vector scan
 @pytest.mark.parametrize("height", [181, 182])  # 181 x 181 = 32,761 cells fit in int16; 182 x 181 do not
-def test_roi_pool_argmax_holds_every_cell_of_a_large_map(height):
+def test_roi_pool_argmax_holds_every_cell_of_a_large_map(height, channels):
     # The kernels keep roi_pool's argmax (the cell h * W + w) as int16 when every cell fits,
     # else int32: boxes in the far corner have maxima at the largest cell numbers.
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 5, height, 181, generator=gen, dtype=torch.float64)
+    x = torch.randn(1, channels, height, 181, generator=gen, dtype=torch.float64)
     boxes = torch.tensor([[0, 150.0, height - 30.0, 180.0, height - 1.0], [0, 0.0, 0.0, 180.0, height - 1.0]],
                          dtype=torch.float64)
     out, grad, weight = _forward_backward(roiviz.roi_pool, x, boxes, 4, 1.0)

@@ -48,12 +48,11 @@ GRAD_BLOCK = 64
 #: last), in elements. The results are written out channels first, reading the tile down a
 #: column. Rows of 256 float32 are 1 KiB apart, and addresses 1 KiB apart share 4 of the L1
 #: cache's 64 sets, so a column of 196 rows evicts itself and every element comes from L2; 16
-#: more elements per row spread a column over all the sets (a W3 forward kernel took 3.5 ms
-#: less on a 2-core Xeon).
+#: more elements per row spread a column over all the sets (see docs/benchmarks.md).
 TILE_PAD = 16
 #: Below this many channels roi_pool's forward with argmax scans one channel at a time (its
 #: maximum and argmax in registers) instead of all channels per cell (vectors of both in memory,
-#: each cell's update waiting on the last one's stores): a 3-channel teaching map took 2.3x less.
+#: each cell's update waiting on the last one's stores, which few channels do not amortise).
 FEW_CHANNELS = 16
 
 
@@ -397,7 +396,7 @@ def roi_pool_backward(grad, argmax, batch, grad_in, block, lo, hi):
     Blocks run in parallel; inside one, ROIs, then channels, then bins go in order, so every
     cell receives its terms in torchvision's order (ROIs, then bins). A block reads
     ``block * P`` contiguous numbers of ``grad`` and ``argmax`` per ROI, where one channel at a
-    time read ``P`` (49 for a 7x7 head) and jumped: a W1 backward took 7 ms instead of 20.
+    time would read ``P`` (49 for a 7x7 head) and jump ``C * P``.
     """
     c_n = grad.shape[1]
     for unit in range(lo, hi):

@@ -124,8 +124,8 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
     x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
     r = rois.detach()
     out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
-    # The argmax is the cell h * W + w: int16 when every cell fits (a W1 map has 3,400 cells), half
-    # the memory to write, keep for the backward and read again of torchvision's int32.
+    # The argmax is the cell h * W + w: int16 when every cell number fits (a W1 map has 3,400
+    # cells), so the forward writes, the graph keeps and the backward reads half of int32's bytes.
     index = torch.int16 if input.shape[2] * input.shape[3] <= torch.iinfo(torch.int16).max else torch.int32
     argmax = _numba.empty(tuple(out.shape) if with_argmax else (0, 0, 0, 0), index)
     if out.numel():
