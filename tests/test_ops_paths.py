@@ -25,6 +25,7 @@ import threading
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TOLERANCES
@@ -169,6 +170,21 @@ def test_roi_pool_argmax_holds_every_cell_of_a_large_map(height, channels):
     assert torch.equal(out, reference.roi_pool(x, boxes, 4, 1.0))
     assert torch.equal(grad, reference.roi_pool_backward(x, boxes, weight, 1.0))
     assert grad[0, :, height - 30:, 150:].count_nonzero() > 0  # gradients did land past cell 32,767
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32])  # outputs and argmax
+@pytest.mark.parametrize(("channels", "bins"), [(1, (1, 1)), (7, (3, 3)), (8, (2, 4)), (17, (7, 7)),
+                                                (256, (14, 14)), (24, (5, 3))])
+def test_a_tile_is_written_channels_first_exactly(dtype, channels, bins):
+    # The forwards keep one ROI's results channels last and write them out in 8x8 blocks,
+    # with single elements at the edges (channels or bins not a multiple of 8).
+    from roiviz.ops import _numba
+
+    cells = bins[0] * bins[1]
+    tile = np.arange(cells * (channels + _numba.TILE_PAD)).astype(dtype).reshape(cells, -1)
+    out = np.full((channels, *bins), -1, dtype)
+    _numba._write_channels_first(tile, out)
+    assert np.array_equal(out.reshape(channels, cells), tile[:, :channels].T)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
