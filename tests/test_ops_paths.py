@@ -187,6 +187,24 @@ def test_a_tile_is_written_channels_first_exactly(dtype, channels, bins):
     assert np.array_equal(out.reshape(channels, cells), tile[:, :channels].T)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 3, 9), (2, 8, 5, 8), (3, 17, 4, 21), (1, 256, 6, 68)])
+def test_the_channels_last_copy_is_exact(dtype, shape, monkeypatch):
+    # The kernels read a channels-last copy of the map, made in 8x8 blocks with single
+    # elements at the edges (channels or width not a multiple of 8), rows on two threads.
+    from roiviz.ops import _numba
+
+    monkeypatch.setattr(_numba, "SERIAL_BELOW", 1)
+    x = torch.randn(shape, dtype=dtype)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        copy = _numba.channels_last(x)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(copy, x.permute(0, 2, 3, 1)) and copy.is_contiguous()
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_backward_is_deterministic_whatever_the_thread_count(threads):
     gen = torch.Generator().manual_seed(9)

@@ -530,13 +530,28 @@ def pool_grad_block(cells: int, itemsize: int) -> int:
 
 @njit(cache=True, error_model="numpy")
 def _channels_last_row(x, out, i):
-    """Row ``i`` (image ``i // H``, row ``i % H``) of :func:`_to_channels_last`."""
+    """Row ``i`` (image ``i // H``, row ``i % H``) of :func:`_to_channels_last`: a ``[C, W]``
+    slice (rows ``H*W`` apart) turned into ``[W, C]``, in 8x8 blocks for types of 4 bytes or
+    less (:func:`_transpose8`), the edges and other types one element at a time."""
     c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
     b = i // height
     y = i % height
+    plane = height * width
+    src = x.reshape(-1)
+    dst = out.reshape(-1)
+    s0 = (b * c_n * height + y) * width  # x[b, 0, y, 0]
+    d0 = (b * height + y) * width * c_n  # out[b, y, 0, 0]
+    c8 = c_n - c_n % 8 if x.itemsize <= 4 else 0
+    w8 = width - width % 8
+    for c0 in range(0, c8, 8):
+        for w0 in range(0, w8, 8):
+            _transpose8(src, s0 + c0 * plane + w0, plane, dst, d0 + w0 * c_n + c0, c_n)
+        for w in range(w8, width):
+            for c in range(c0, c0 + 8):
+                dst[d0 + w * c_n + c] = src[s0 + c * plane + w]
     for w in range(width):
-        for c in range(c_n):
-            out[b, y, w, c] = x[b, c, y, w]
+        for c in range(c8, c_n):
+            dst[d0 + w * c_n + c] = src[s0 + c * plane + w]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
