@@ -3,13 +3,15 @@
 Each kernel is the loop nest of torchvision's C++ kernel (``roi_align_kernel.cpp``,
 ``roi_pool_kernel.cpp``) with the same float operations in the same order for every output
 element, so that float32 and float64 results, forward and backward, are torchvision's bit for
-bit. Three things differ, none of which changes a number:
+bit. Four things differ, none of which changes a number:
 
 - the input is read channels last (``[N, H, W, C]``), so that the innermost loop runs over
   contiguous channels (the sample positions and weights are shared by every channel);
 - the forward runs ROIs in parallel (each ROI writes only its own outputs);
 - the backward runs blocks of channels in parallel and, inside a block, ROIs in order, so the
-  terms added into an input cell arrive in torchvision's order: no atomics, deterministic.
+  terms added into an input cell arrive in torchvision's order: no atomics, deterministic;
+- a division by a power of two (roi_align's sample count, forward and backward) is a
+  multiplication by its inverse: the same real number, rounded once either way.
 
 Each kernel computes a range ``[lo, hi)`` of independent units (ROIs, channel blocks, rows)
 and releases the GIL (``nogil``); :func:`launch` runs the ranges on as many Python threads as
@@ -237,8 +239,7 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     zero = as_type(0, scale)
     n = gh * gw
     # A division by a power of two is a multiplication by its inverse, bit for bit (the same
-    # real number, rounded once either way), and several times cheaper: vector divisions cost
-    # as much as a quarter of a 2x2 bin's sampling.
+    # real number, rounded once either way), and several times cheaper.
     inverse = as_type(1, scale) / count
     by_inverse = n > 0 and n & (n - 1) == 0
     for ph in range(ph_n):
