@@ -124,37 +124,41 @@ def _transpose8(typingctx, src, src_at, src_row, dst, dst_at, dst_row):
 
 
 @njit(cache=True, error_model="numpy")
-def _write_channels_first(tile, out):
-    """``out[C, PH, PW]`` (contiguous) from ``tile[PH*PW, C + TILE_PAD]``: one ROI's results,
-    turned from channels last to channels first.
+def _transpose(src, s0, s_row, dst, d0, d_row, rows, cols):
+    """``dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]`` for ``i < rows``, ``j < cols`` (flat
+    arrays): a ``rows x cols`` block of ``src`` written transposed into ``dst``.
 
-    Types of 4 bytes or less go in 8x8 blocks (:func:`_transpose8`), the rest and the edges one
-    element at a time (8x8 float64 blocks were slower than single elements).
+    Types of 4 bytes or less go in 8x8 blocks (:func:`_transpose8`), down ``dst``'s rows in the
+    outer loop; the rest and the edges one element at a time (8x8 float64 blocks were slower
+    than single elements).
 
     Examples
     --------
-    >>> tile = np.arange(9 * 20, dtype=np.float32).reshape(9, 20)
-    >>> out = np.empty((17, 3, 3), np.float32)
-    >>> _write_channels_first(tile, out)
-    >>> bool((out.reshape(17, 9) == tile[:, :17].T).all())
+    >>> src = np.arange(9 * 20, dtype=np.float32)  # 9 rows of 20
+    >>> dst = np.empty(17 * 9, np.float32)
+    >>> _transpose(src, 0, 20, dst, 0, 9, 9, 17)
+    >>> bool((dst.reshape(17, 9) == src.reshape(9, 20)[:, :17].T).all())
     True
     """
-    c_n = out.shape[0]
+    j8 = cols - cols % 8 if src.itemsize <= 4 else 0
+    i8 = rows - rows % 8
+    for j0 in range(0, j8, 8):
+        for i0 in range(0, i8, 8):
+            _transpose8(src, s0 + i0 * s_row + j0, s_row, dst, d0 + j0 * d_row + i0, d_row)
+        for j in range(j0, j0 + 8):
+            for i in range(i8, rows):
+                dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]
+    for j in range(j8, cols):
+        for i in range(rows):
+            dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]
+
+
+@njit(cache=True, error_model="numpy")
+def _write_channels_first(tile, out):
+    """``out[C, PH, PW]`` (contiguous) from ``tile[PH*PW, C + TILE_PAD]``: one ROI's results,
+    turned from channels last to channels first (:func:`_transpose`)."""
     cells = out.shape[1] * out.shape[2]
-    flat = out.reshape(-1)
-    src = tile.reshape(-1)
-    row = tile.shape[1]
-    c8 = c_n - c_n % 8 if tile.itemsize <= 4 else 0
-    p8 = cells - cells % 8
-    for c0 in range(0, c8, 8):
-        for p0 in range(0, p8, 8):
-            _transpose8(src, p0 * row + c0, row, flat, c0 * cells + p0, cells)
-        for c in range(c0, c0 + 8):
-            for p in range(p8, cells):
-                flat[c * cells + p] = tile[p, c]
-    for c in range(c8, c_n):
-        for p in range(cells):
-            flat[c * cells + p] = tile[p, c]
+    _transpose(tile.reshape(-1), 0, tile.shape[1], out.reshape(-1), 0, cells, cells, out.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -269,31 +273,20 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
                     else:  # torchvision still adds 0 * input[0] (NaN if that is inf or NaN)
                         w1 = w2 = w3 = w4 = zero
                         p1 = p2 = p3 = p4 = base * width
-                    first = s == 0
-                    last = s == n - 1
+                    first = s == 0  # the sum starts from 0, as torchvision's
                     s += 1
-                    if first and last and by_inverse:
+                    if s < n:
                         for c in range(c_n):
-                            acc[c] = (zero + (w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c]
-                                              + w4 * rows[p4, c])) * inverse
-                    elif first and last:
-                        for c in range(c_n):
-                            acc[c] = (zero + (w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c]
-                                              + w4 * rows[p4, c])) / count
-                    elif first:
-                        for c in range(c_n):
-                            acc[c] = zero + (w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c] + w4 * rows[p4, c])
-                    elif not last:
-                        for c in range(c_n):
-                            acc[c] += w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c] + w4 * rows[p4, c]
+                            acc[c] = (zero if first else acc[c]) + (w1 * rows[p1, c] + w2 * rows[p2, c]
+                                                                    + w3 * rows[p3, c] + w4 * rows[p4, c])
                     elif by_inverse:
                         for c in range(c_n):
-                            acc[c] = (acc[c] + (w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c]
-                                                + w4 * rows[p4, c])) * inverse
+                            acc[c] = ((zero if first else acc[c]) + (w1 * rows[p1, c] + w2 * rows[p2, c]
+                                                                     + w3 * rows[p3, c] + w4 * rows[p4, c])) * inverse
                     else:
                         for c in range(c_n):
-                            acc[c] = (acc[c] + (w1 * rows[p1, c] + w2 * rows[p2, c] + w3 * rows[p3, c]
-                                                + w4 * rows[p4, c])) / count
+                            acc[c] = ((zero if first else acc[c]) + (w1 * rows[p1, c] + w2 * rows[p2, c]
+                                                                     + w3 * rows[p3, c] + w4 * rows[p4, c])) / count
     # Written channels first in one pass: out[k] is contiguous, and a bin at a time would write
     # C numbers PH*PW apart.
     _write_channels_first(tile, out[k])
@@ -532,27 +525,12 @@ def pool_grad_block(cells: int, itemsize: int) -> int:
 @njit(cache=True, error_model="numpy")
 def _channels_last_row(x, out, i):
     """Row ``i`` (image ``i // H``, row ``i % H``) of :func:`_to_channels_last`: a ``[C, W]``
-    slice (rows ``H*W`` apart) turned into ``[W, C]``, in 8x8 blocks for types of 4 bytes or
-    less (:func:`_transpose8`), the edges and other types one element at a time."""
+    slice (rows ``H*W`` apart) turned into ``[W, C]`` (:func:`_transpose`)."""
     c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
     b = i // height
     y = i % height
-    plane = height * width
-    src = x.reshape(-1)
-    dst = out.reshape(-1)
-    s0 = (b * c_n * height + y) * width  # x[b, 0, y, 0]
-    d0 = (b * height + y) * width * c_n  # out[b, y, 0, 0]
-    c8 = c_n - c_n % 8 if x.itemsize <= 4 else 0
-    w8 = width - width % 8
-    for c0 in range(0, c8, 8):
-        for w0 in range(0, w8, 8):
-            _transpose8(src, s0 + c0 * plane + w0, plane, dst, d0 + w0 * c_n + c0, c_n)
-        for w in range(w8, width):
-            for c in range(c0, c0 + 8):
-                dst[d0 + w * c_n + c] = src[s0 + c * plane + w]
-    for w in range(width):
-        for c in range(c8, c_n):
-            dst[d0 + w * c_n + c] = src[s0 + c * plane + w]
+    _transpose(x.reshape(-1), (b * c_n * height + y) * width, height * width,  # from x[b, 0, y, 0]
+               out.reshape(-1), (b * height + y) * width * c_n, c_n, c_n, width)  # to out[b, y, 0, 0]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
