@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import pickle
 import subprocess
@@ -52,6 +53,23 @@ def kernels(choice: str):
             del os.environ[_common.KERNELS_ENV]
         else:
             os.environ[_common.KERNELS_ENV] = saved
+
+
+@contextlib.contextmanager
+def layout(choice: str):
+    """Make the forwards read each ROI's cells from the map itself (``regional``) or a
+    channels-last copy of the whole map (``copy``), whatever their rule would choose."""
+    from roiviz.ops import _numba
+
+    saved = _numba.REGION_RATIO
+    _numba.REGION_RATIO = math.inf if choice == "regional" else 0.0
+    try:
+        yield
+    finally:
+        _numba.REGION_RATIO = saved
+
+
+LAYOUTS = st.sampled_from(["regional", "copy"])
 
 
 @st.composite
@@ -105,21 +123,22 @@ SAMPLING = st.sampled_from(SAMPLING_RATIOS)
 
 
 @settings(max_examples=80, deadline=None)
-@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), sampling_ratio=SAMPLING, aligned=st.booleans())
-def test_roi_align_kernels_are_the_reference_bit_for_bit(case, sampling_ratio, aligned):
+@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), sampling_ratio=SAMPLING, aligned=st.booleans(),
+       where=LAYOUTS)
+def test_roi_align_kernels_are_the_reference_bit_for_bit(case, sampling_ratio, aligned, where):
     x, boxes, output_size, scale = case
     args = (boxes, output_size, scale, sampling_ratio, aligned)
-    with kernels("numba"):
+    with kernels("numba"), layout(where):
         out, grad, weight = _forward_backward(roiviz.roi_align, x, *args)
     assert torch.equal(out, reference.roi_align(x, *args))
     assert torch.equal(grad, reference.roi_align_backward(x, boxes, weight, scale, sampling_ratio, aligned))
 
 
 @settings(max_examples=80, deadline=None)
-@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), seed=st.integers(0, 2**16))
-def test_roi_pool_kernels_are_the_reference_bit_for_bit(case, seed):
+@given(case=st.one_of(cases(torch.float32), cases(torch.float64)), seed=st.integers(0, 2**16), where=LAYOUTS)
+def test_roi_pool_kernels_are_the_reference_bit_for_bit(case, seed, where):
     x, boxes, output_size, scale = case
-    with kernels("numba"):
+    with kernels("numba"), layout(where):
         out, grad, weight = _forward_backward(roiviz.roi_pool, x, boxes, output_size, scale, seed=seed)
         with torch.no_grad():
             assert torch.equal(roiviz.roi_pool(x, boxes, output_size, scale), out)
@@ -203,6 +222,61 @@ def test_the_channels_last_copy_is_exact(dtype, shape, monkeypatch):
     finally:
         torch.set_num_threads(saved)
     assert torch.equal(copy, x.permute(0, 2, 3, 1)) and copy.is_contiguous()
+
+
+def _boxes_on(n: int, k: int, size: float, extent: tuple[float, float], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    wh = size * torch.rand(k, 2, generator=gen)
+    xy = (torch.tensor(extent) - wh) * torch.rand(k, 2, generator=gen)
+    return torch.cat([torch.randint(0, n, (k, 1), generator=gen).float(), xy, xy + wh], 1)
+
+
+def test_a_forward_reads_each_rois_cells_where_the_rois_cover_the_map_about_once():
+    """The forwards read the map itself, a ROI's cells at a time, when the ROIs' cells add up to
+    a few times the map's at most (a mask head's boxes on a large map); otherwise, and for a
+    strided or half-precision map, a channels-last copy of the whole map. Either way the same
+    numbers (the random cases above run both)."""
+    from roiviz.ops import _numba
+
+    x = torch.randn(2, 16, 40, 52)
+    sparse = _boxes_on(2, 12, 60.0, (416.0, 320.0), seed=1)  # 12 boxes of at most 60 px, scale 1/8
+    dense = _boxes_on(2, 400, 200.0, (416.0, 320.0), seed=2)
+    read, rows = _numba.forward_input(x, sparse.numpy(), 1 / 8)
+    assert rows > 0 and np.shares_memory(read, x.numpy())  # the map itself, no copy
+    total, largest = _numba.region_cells(sparse.numpy(), 1 / 8, 40, 52)
+    assert rows == largest + 1 and total <= _numba.REGION_RATIO * 40 * 52 * 2
+    for variant, boxes in ((x, dense), (x.transpose(2, 3).contiguous().transpose(2, 3), sparse),
+                           (x.half(), sparse)):
+        read, rows = _numba.forward_input(variant, boxes.numpy(), 1 / 8)
+        assert rows == 0 and read.shape == (2, 40, 52, 16) and read.flags.c_contiguous  # [N, H, W, C]
+    big = torch.tensor([[0, 0.0, 0.0, 415.0, 319.0]])  # the whole map: 16 x 2,080 cells of scratch
+    assert _numba.forward_input(x, big.numpy(), 1 / 8)[1] > 0
+    assert _numba.forward_input(torch.randn(1, 1024, 40, 52), big.numpy(), 1 / 8)[1] == 0  # 8.5 MB of scratch
+    for boxes in (sparse, dense):
+        with layout("regional"):
+            a, p = roiviz.roi_align(x, boxes, 7, 1 / 8, 2), roiviz.roi_pool(x, boxes, 7, 1 / 8)
+        assert torch.equal(a, reference.roi_align(x, boxes, 7, 1 / 8, 2))
+        assert torch.equal(p, reference.roi_pool(x, boxes, 7, 1 / 8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_regional_scratch_grows_when_a_roi_needs_more(dtype):
+    # A scratch of one row (the estimate is an upper bound in practice, but the kernels do not
+    # rely on it): every ROI grows it, and the results are still the reference's. Boxes at the
+    # right edge move their 8-wide column runs left; a map 5 wide keeps its width.
+    from roiviz.ops import _numba
+
+    for width in (5, 29):
+        x = torch.randn(2, 9, 23, width, dtype=torch.float64 if dtype == np.float64 else torch.float32)
+        boxes = torch.cat([_boxes_on(2, 6, 14.0, (width, 23.0), seed=width),
+                           torch.tensor([[1, width - 3.5, 2.0, width - 0.5, 9.0], [0, -2.0, -2.0, -1.0, -1.0]])])
+        boxes = boxes.to(x.dtype)
+        out = np.full((8, 9, 3, 4), np.nan, dtype)
+        _numba.roi_align_forward(x.numpy(), boxes.numpy(), dtype(1.0), 3, 4, 2, False, 1, out, 0, 8)
+        assert torch.equal(torch.from_numpy(out), reference.roi_align(x, boxes, (3, 4), 1.0, 2, False))
+        empty_argmax = np.empty((0, 0, 0, 0), np.int16)
+        _numba.roi_pool_forward(x.numpy(), boxes.numpy(), dtype(1.0), 3, 4, 1, out, empty_argmax, 0, 8)
+        assert torch.equal(torch.from_numpy(out), reference.roi_pool(x, boxes, (3, 4), 1.0))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -561,7 +635,7 @@ def test_roiviz_compile_fills_the_cache_with_every_kernel(tmp_path):
     assert "CPU kernels ready for float32" in out.stdout
     cached = {p.name.split("-")[0] for p in (tmp_path / "cache").rglob("*.nbi")}
     for kernel in ("roi_align_forward", "roi_align_backward", "roi_pool_forward", "roi_pool_backward",
-                   "_to_channels_last", "_blocks_to_nchw"):
+                   "_to_channels_last", "_blocks_to_nchw", "region_cells"):
         assert f"_numba.{kernel}" in cached, kernel
     assert {"prroi_pool._forward_kernel", "prroi_pool._input_grad_kernel", "prroi_pool._box_grad_kernel"} <= cached
 

@@ -5,8 +5,11 @@ Each kernel is the loop nest of torchvision's C++ kernel (``roi_align_kernel.cpp
 element, so that float32 and float64 results, forward and backward, are torchvision's bit for
 bit. Four things differ, none of which changes a number:
 
-- the input is read channels last (``[N, H, W, C]``), so that the innermost loop runs over
-  contiguous channels (the sample positions and weights are shared by every channel);
+- the input is read channels last, so that the innermost loop runs over contiguous channels
+  (the sample positions and weights are shared by every channel): a forward reads either a
+  channels-last copy of the whole map (``[N, H, W, C]``) or, where the ROIs cover the map about
+  once, a copy of each ROI's cells made just before its samples read them
+  (:func:`forward_input`);
 - the forward runs ROIs in parallel (each ROI writes only its own outputs);
 - the backward runs blocks of channels in parallel and, inside a block, ROIs in order, so the
   terms added into an input cell arrive in torchvision's order: no atomics, deterministic;
@@ -41,7 +44,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["blocks_to_nchw", "channels_last", "compile_kernels", "empty", "launch", "pool_grad_block", "roi_align_backward", "roi_align_forward", "roi_pool_backward", "roi_pool_forward"]
+__all__ = ["blocks_to_nchw", "channels_last", "compile_kernels", "empty", "forward_input", "launch", "pool_grad_block", "roi_align_backward", "roi_align_forward", "roi_pool_backward", "roi_pool_forward"]
 
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: roi_pool's start value, in every dtype
 #: Channels per block of the roi_align backward (blocks run in parallel). A compile-time
@@ -162,6 +165,84 @@ def _write_channels_first(tile, out):
 
 
 @njit(cache=True, error_model="numpy")
+def _read_region(x, b, y0, rh, x0, rw, region):
+    """Cells ``(y0 .. y0 + rh) x (x0 .. x0 + rw)`` of image ``b`` of ``x[N, C, H, W]``, channels
+    last: ``region[(y - y0) * rw + x - x0, c] = x[b, c, y, x]``, and ``region[rh * rw, c] =
+    x[b, c, 0, 0]`` (what a roi_align sample outside the map reads). Returns ``region``, or a
+    larger array of the same row length when it has fewer than ``rh * rw + 1`` rows."""
+    c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    if region.shape[0] < rh * rw + 1:
+        region = np.empty((rh * rw + 1, region.shape[1]), region.dtype)
+    src = x.reshape(-1)
+    dst = region.reshape(-1)
+    row = region.shape[1]
+    plane = height * width
+    for y in range(rh):  # the [C, rw] slice of map row y0 + y, turned into rw rows of C
+        _transpose(src, (b * c_n * height + y0 + y) * width + x0, plane, dst, y * rw * row, row, c_n, rw)
+    _transpose(src, b * c_n * plane, plane, dst, rh * rw * row, row, c_n, 1)
+    return region
+
+
+@njit(cache=True, error_model="numpy")
+def _widen(start, n, size):
+    """``(start, n)`` of a run of cells inside ``0 .. size``, grown to a multiple of 8 cells where the
+    map is that wide (moved left if needed), so that :func:`_read_region` moves whole 8x8 blocks."""
+    n8 = (n + 7) // 8 * 8
+    if n == 0 or n8 > size:
+        return start, n
+    return min(start, size - n8), n8
+
+
+@njit(cache=True, error_model="numpy")
+def _sample_span(ok, low, high, size):
+    """``(first, n)``: the cells from the lowest ``low`` to the highest ``high`` of the samples
+    that are inside the map (``n = 0`` when none is), widened by :func:`_widen`."""
+    first = size
+    last = -1
+    for j in range(ok.size):
+        if ok[j]:
+            first = min(first, low[j])
+            last = max(last, high[j])
+    if last < first:
+        return 0, 0
+    return _widen(first, last - first + 1, size)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def region_cells(rois, scale, height, width):
+    """``(total, largest)``: the cells a forward reading each ROI's part of an ``height x width``
+    map reads, summed over the ROIs and for the largest, estimated from the boxes (rows
+    ``floor(y1 * scale) - 1 .. ceil(y2 * scale) + 1`` inside the map, columns likewise, rounded
+    up to 8); a box with a coordinate that is not finite counts as the whole map.
+
+    Examples
+    --------
+    >>> region_cells(np.array([[0, 8.0, 8.0, 24.0, 16.0]]), 0.5, 50, 68)
+    (112, 112)
+    """
+    total = 0
+    largest = 0
+    for k in range(rois.shape[0]):
+        y1 = rois[k, 2] * scale
+        y2 = rois[k, 4] * scale
+        x1 = rois[k, 1] * scale
+        x2 = rois[k, 3] * scale
+        if np.isfinite(y1) and np.isfinite(y2) and np.isfinite(x1) and np.isfinite(x2):
+            y_lo = min(max(np.floor(y1) - 1, 0), height - 1)
+            y_hi = min(max(np.ceil(y2) + 1, 0), height - 1)
+            x_lo = min(max(np.floor(x1) - 1, 0), width - 1)
+            x_hi = min(max(np.ceil(x2) + 1, 0), width - 1)
+            rows = int(max(y_hi - y_lo + 1, 1))
+            cols = min((int(max(x_hi - x_lo + 1, 1)) + 7) // 8 * 8, width)
+            cells = rows * cols
+        else:
+            cells = height * width
+        total += cells
+        largest = max(largest, cells)
+    return total, largest
+
+
+@njit(cache=True, error_model="numpy")
 def _align_axis(start, bin_size, grid, n_bins, size, like):
     """One axis of torchvision's ``pre_calc_for_bilinear_interpolate``, for every sample.
 
@@ -227,10 +308,17 @@ def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
 
 
 @njit(cache=True, error_model="numpy")
-def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile):
+def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, regional, out, tile, region):
     """Every output of ROI ``k``: torchvision's forward loop for one ROI, its sums kept in
-    ``tile[PH*PW, C + TILE_PAD]`` (channels last) until they are written."""
-    height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
+    ``tile[PH*PW, C + TILE_PAD]`` (channels last) until they are written.
+
+    ``x`` is the channels-last map ``[N, H, W, C]``, or with ``regional`` the map itself
+    ``[N, C, H, W]``, whose cells this ROI reads are first copied channels last into ``region``
+    (:func:`_read_region`). Returns ``region`` (grown if it was too small)."""
+    if regional:
+        c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    else:
+        height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
     b = int(rois[k, 0])
     start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
     count = as_type(max(gh * gw, 1), scale)
@@ -238,8 +326,17 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     gw = max(gw, 0)
     y_ok, y_lo, y_hi, ly, hy = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
     x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
-    rows = x.reshape((-1, c_n))  # [N*H*W, C]: plain row indices, no array views per sample
-    base = b * height
+    # Cell (y, x) of the map is row (y + oy) * stride + x + ox of ``rows`` (plain row indices,
+    # no array views per sample); a sample outside the map reads row ``outside``: cell (0, 0).
+    if regional:
+        y0, rh = _sample_span(y_ok, y_lo, y_hi, height)
+        x0, rw = _sample_span(x_ok, x_lo, x_hi, width)
+        region = _read_region(x, b, y0, rh, x0, rw, region)
+        rows = region
+        oy, stride, ox, outside = -y0, rw, -x0, rh * rw
+    else:
+        rows = x.reshape((-1, c_n))  # [N*H*W, C]
+        oy, stride, ox, outside = b * height, width, 0, b * height * width
     zero = as_type(0, scale)
     n = gh * gw
     # A division by a power of two is a multiplication by its inverse, bit for bit (the same
@@ -266,13 +363,13 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
                         w2 = hy[j] * lx[i]
                         w3 = ly[j] * hx[i]
                         w4 = ly[j] * lx[i]
-                        p1 = (base + y_lo[j]) * width + x_lo[i]
-                        p2 = (base + y_lo[j]) * width + x_hi[i]
-                        p3 = (base + y_hi[j]) * width + x_lo[i]
-                        p4 = (base + y_hi[j]) * width + x_hi[i]
+                        p1 = (oy + y_lo[j]) * stride + ox + x_lo[i]
+                        p2 = (oy + y_lo[j]) * stride + ox + x_hi[i]
+                        p3 = (oy + y_hi[j]) * stride + ox + x_lo[i]
+                        p4 = (oy + y_hi[j]) * stride + ox + x_hi[i]
                     else:  # torchvision still adds 0 * input[0] (NaN if that is inf or NaN)
                         w1 = w2 = w3 = w4 = zero
-                        p1 = p2 = p3 = p4 = base * width
+                        p1 = p2 = p3 = p4 = outside
                     first = s == 0  # the sum starts from 0, as torchvision's
                     s += 1
                     if s < n:
@@ -290,14 +387,20 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     # Written channels first in one pass: out[k] is contiguous, and a bin at a time would write
     # C numbers PH*PW apart.
     _write_channels_first(tile, out[k])
+    return region
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, out, lo, hi):
-    """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward for ROIs ``lo .. hi``."""
-    tile = np.empty((ph_n * pw_n, x.shape[3] + TILE_PAD), x.dtype)  # one for the range: 200 KB for a 14x14 head
+def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, region_rows, out, lo, hi):
+    """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``, or from ``x[N, C, H, W]`` read a ROI's cells at
+    a time through a scratch array of ``region_rows`` cells when that is not 0 (see
+    :func:`forward_input`): torchvision's forward for ROIs ``lo .. hi``."""
+    c_n = out.shape[1]
+    tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), x.dtype)  # one for the range: 200 KB for a 14x14 head
+    region = np.empty((region_rows, c_n + TILE_PAD), x.dtype)
     for k in range(lo, hi):
-        _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile)
+        region = _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, region_rows > 0, out,
+                                    tile, region)
 
 
 @njit(cache=True, error_model="numpy")
@@ -401,14 +504,18 @@ def _round_half_away(v):
 
 
 @njit(cache=True, error_model="numpy")
-def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile):
-    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward.
+def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, regional, out, argmax, best_tile, arg_tile, region):
+    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` with
+    ``regional``, as in :func:`_align_forward_roi`): torchvision's forward. Returns ``region``.
 
     ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major
     order, from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin is empty.
     An empty ``argmax`` (``argmax.size == 0``) is not written: no gradient will be needed.
     """
-    height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
+    if regional:
+        c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    else:
+        height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
     b = int(rois[k, 0])
     start_w = _round_half_away(rois[k, 1] * scale)
     start_h = _round_half_away(rois[k, 2] * scale)
@@ -418,19 +525,32 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
     roi_h = max(end_h - start_h + 1, 1)
     bin_h = as_type(roi_h, scale) / as_type(ph_n, scale)
     bin_w = as_type(roi_w, scale) / as_type(pw_n, scale)
-    rows = x.reshape((-1, c_n))  # [N*H*W, C]
-    base = b * height
+    # Each bin's rows hs[ph] .. he[ph] and columns ws[pw] .. we[pw], inside the map.
+    hs = np.empty(ph_n, np.int64)
+    he = np.empty(ph_n, np.int64)
+    for ph in range(ph_n):
+        hs[ph] = min(max(int(np.floor(as_type(ph, scale) * bin_h)) + start_h, 0), height)
+        he[ph] = min(max(int(np.ceil(as_type(ph + 1, scale) * bin_h)) + start_h, 0), height)
+    ws = np.empty(pw_n, np.int64)
+    we = np.empty(pw_n, np.int64)
+    for pw in range(pw_n):
+        ws[pw] = min(max(int(np.floor(as_type(pw, scale) * bin_w)) + start_w, 0), width)
+        we[pw] = min(max(int(np.ceil(as_type(pw + 1, scale) * bin_w)) + start_w, 0), width)
+    # Cell (h, w) of the map is row (h + oy) * stride + w + ox of ``rows``.
+    if regional:  # the bins' starts and ends grow with their index
+        y0, rh = hs[0], max(he[ph_n - 1] - hs[0], 0)
+        x0, rw = _widen(ws[0], max(we[pw_n - 1] - ws[0], 0), width)
+        region = _read_region(x, b, y0, rh, x0, rw, region)
+        rows = region
+        oy, stride, ox = -y0, rw, -x0
+    else:
+        rows = x.reshape((-1, c_n))  # [N*H*W, C]
+        oy, stride, ox = b * height, width, 0
     track = argmax.size > 0
     for ph in range(ph_n):
-        hstart = int(np.floor(as_type(ph, scale) * bin_h))
-        hend = int(np.ceil(as_type(ph + 1, scale) * bin_h))
-        hstart = min(max(hstart + start_h, 0), height)
-        hend = min(max(hend + start_h, 0), height)
+        hstart, hend = hs[ph], he[ph]
         for pw in range(pw_n):
-            wstart = int(np.floor(as_type(pw, scale) * bin_w))
-            wend = int(np.ceil(as_type(pw + 1, scale) * bin_w))
-            wstart = min(max(wstart + start_w, 0), width)
-            wend = min(max(wend + start_w, 0), width)
+            wstart, wend = ws[pw], we[pw]
             empty = hend <= hstart or wend <= wstart
             best = best_tile[ph * pw_n + pw]
             arg = arg_tile[ph * pw_n + pw]
@@ -441,7 +561,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
                     where = as_type(-1, arg[0])
                     for h in range(hstart, hend):
                         for w in range(wstart, wend):
-                            v = rows[(base + h) * width + w, c]
+                            v = rows[(oy + h) * stride + ox + w, c]
                             if v > top:
                                 top = v
                                 where = as_type(h * width + w, arg[0])
@@ -455,7 +575,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
                     arg[c] = -1
             for h in range(hstart, hend):
                 for w in range(wstart, wend):
-                    p = (base + h) * width + w
+                    p = (oy + h) * stride + ox + w
                     if not track:  # the same strict > (NaN never wins), without the argmax
                         for c in range(c_n):
                             v = rows[p, c]
@@ -474,18 +594,23 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
     _write_channels_first(best_tile, out[k])
     if track:
         _write_channels_first(arg_tile, argmax[k])
+    return region
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def roi_pool_forward(x, rois, scale, ph_n, pw_n, out, argmax, lo, hi):
-    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]``: torchvision's forward,
-    for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>``
-    in row-major order, from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin
-    is empty; an empty ``argmax`` is skipped (a forward without gradient)."""
-    best_tile = np.empty((ph_n * pw_n, x.shape[3] + TILE_PAD), x.dtype)  # one ROI's results, channels last
-    arg_tile = np.empty((ph_n * pw_n, x.shape[3] + TILE_PAD), argmax.dtype)
+def roi_pool_forward(x, rois, scale, ph_n, pw_n, region_rows, out, argmax, lo, hi):
+    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` with
+    ``region_rows``, as :func:`roi_align_forward`): torchvision's forward, for ROIs ``lo .. hi``.
+    ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major order,
+    from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin is empty; an empty
+    ``argmax`` is skipped (a forward without gradient)."""
+    c_n = out.shape[1]
+    best_tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), x.dtype)  # one ROI's results, channels last
+    arg_tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), argmax.dtype)
+    region = np.empty((region_rows, c_n + TILE_PAD), x.dtype)
     for k in range(lo, hi):
-        _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile)
+        region = _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, region_rows > 0, out, argmax, best_tile,
+                                   arg_tile, region)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -616,6 +741,37 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
     out = empty((n_n, height, width, c_n), input.dtype)
     launch(_to_channels_last, input.detach().numpy(), out.numpy(), units=n_n * height, work=input.numel())
     return out
+
+
+#: A forward reads the map a ROI's cells at a time (:func:`forward_input`) when the cells its
+#: ROIs cover add up to at most this many times the map's cells...
+REGION_RATIO = 3.0
+#: ... and the largest ROI's cells, all channels, take at most this many bytes (they stay in
+#: the L2 cache while the ROI's samples read them).
+REGION_BYTES = 2 << 20
+
+
+def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    """What a forward kernel reads: ``(x, region_rows)``.
+
+    Either the map itself, ``[N, C, H, W]``, where each ROI's kernel first copies the cells it
+    reads, channels last, into a scratch array of ``region_rows`` cells (grown if a ROI needs
+    more) that stays in the cache; or (``region_rows`` 0) a
+    channels-last copy of the whole map, ``[N, H, W, C]`` (:func:`channels_last`). The results
+    are the same bit for bit; what differs is the memory moved. The copy writes the whole map
+    once more and the kernels read it back: cheaper when the ROIs overlap a lot (a detector
+    head's 1,000 boxes on a small map). Reading each ROI's cells from the map itself moves
+    less when the ROIs cover the map about once (a mask head's 100 boxes an image on a large
+    map), and needs no map-sized allocation. Regional when the estimate of
+    :func:`region_cells` is within :data:`REGION_RATIO` of the map and
+    :data:`REGION_BYTES` of scratch, and the map is a contiguous float32 or float64 tensor.
+    """
+    _, c_n, height, width = input.shape
+    if input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and rois.shape[0]:
+        total, largest = region_cells(rois, float(scale), height, width)
+        if total * c_n <= REGION_RATIO * input.numel() and largest * c_n * input.element_size() <= REGION_BYTES:
+            return input.detach().numpy(), largest + 1  # and the row that samples outside the map read
+    return channels_last(input).numpy(), 0
 
 
 def blocks_to_nchw(blocks: torch.Tensor, n_n: int, c_n: int, height: int, width: int) -> torch.Tensor:

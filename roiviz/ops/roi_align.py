@@ -139,13 +139,12 @@ def _roi_align_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Ten
     """The compiled forward."""
     from . import _numba  # imports numba (a second) on first use, not with roiviz
 
-    x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
-    r = rois.detach()
-    out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
+    r = rois.detach().numpy()
+    xs, region_rows = _numba.forward_input(input, r, scale.item())  # in the compute dtype
+    out = _numba.empty((r.shape[0], input.shape[1], ph_n, pw_n), compute_dtype(input.dtype))
     if out.numel():
-        xs = x.numpy()
-        _numba.launch(_numba.roi_align_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
-                      sampling_ratio, aligned, out.numpy(), units=r.shape[0], work=out.numel())
+        _numba.launch(_numba.roi_align_forward, xs, r, xs.dtype.type(scale.item()), ph_n, pw_n,
+                      sampling_ratio, aligned, region_rows, out.numpy(), units=r.shape[0], work=out.numel())
     return out.to(input.dtype)
 
 

@@ -8,7 +8,8 @@ Pool gets wrong.
 How it is computed (every way exact: a max has no rounding)
 ------------------------------------------------------------
 - **CPU tensors** take the compiled loops of :mod:`roiviz.ops._numba`: torchvision's kernel
-  on a channels-last copy of the input, ROIs in parallel, saving the argmax like torchvision;
+  reading the input channels last (a copy of the map, or of each ROI's cells), ROIs in
+  parallel, saving the argmax like torchvision;
   the backward adds each output's gradient to its argmax, channels in parallel and ROIs in
   order inside a channel (torchvision's order: bit-exact, deterministic).
 - **CUDA tensors** take :mod:`roiviz.ops._triton` when Triton is importable (the same scan,
@@ -121,16 +122,15 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
     tensor): half the memory written, the same ``out``."""
     from . import _numba  # imports numba (a second) on first use, not with roiviz
 
-    x = _numba.channels_last(input)  # [N, H, W, C] in the compute dtype
-    r = rois.detach()
-    out = _numba.empty((r.shape[0], x.shape[3], ph_n, pw_n), x.dtype)
+    r = rois.detach().numpy()
+    xs, region_rows = _numba.forward_input(input, r, scale.item())  # in the compute dtype
+    out = _numba.empty((r.shape[0], input.shape[1], ph_n, pw_n), compute_dtype(input.dtype))
     # The argmax is the cell h * W + w: int16 when every cell number fits (a W1 map has 3,400
     # cells), so the forward writes, the graph keeps and the backward reads half of int32's bytes.
     index = torch.int16 if input.shape[2] * input.shape[3] <= torch.iinfo(torch.int16).max else torch.int32
     argmax = _numba.empty(tuple(out.shape) if with_argmax else (0, 0, 0, 0), index)
     if out.numel():
-        xs = x.numpy()
-        _numba.launch(_numba.roi_pool_forward, xs, r.numpy(), xs.dtype.type(scale.item()), ph_n, pw_n,
+        _numba.launch(_numba.roi_pool_forward, xs, r, xs.dtype.type(scale.item()), ph_n, pw_n, region_rows,
                       out.numpy(), argmax.numpy(), units=r.shape[0], work=out.numel())
     return out.to(input.dtype), argmax
 
