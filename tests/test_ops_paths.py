@@ -61,12 +61,12 @@ def layout(choice: str):
     channels-last copy of the whole map (``copy``), whatever their rule would choose."""
     from roiviz.ops import _numba
 
-    saved = _numba.REGION_RATIO
-    _numba.REGION_RATIO = math.inf if choice == "regional" else 0.0
+    saved = _numba.REGION_RATIO, _numba.REGION_MIN_BYTES
+    _numba.REGION_RATIO, _numba.REGION_MIN_BYTES = (math.inf, 0) if choice == "regional" else (0.0, math.inf)
     try:
         yield
     finally:
-        _numba.REGION_RATIO = saved
+        _numba.REGION_RATIO, _numba.REGION_MIN_BYTES = saved
 
 
 LAYOUTS = st.sampled_from(["regional", "copy"])
@@ -231,15 +231,18 @@ def _boxes_on(n: int, k: int, size: float, extent: tuple[float, float], seed: in
     return torch.cat([torch.randint(0, n, (k, 1), generator=gen).float(), xy, xy + wh], 1)
 
 
-def test_a_forward_reads_each_rois_cells_where_the_rois_cover_the_map_about_once():
-    """The forwards read the map itself, a ROI's cells at a time, when the ROIs' cells add up to
-    a few times the map's at most (a mask head's boxes on a large map); otherwise, and for a
-    strided or half-precision map, a channels-last copy of the whole map. Either way the same
-    numbers (the random cases above run both)."""
+def test_a_forward_reads_each_rois_cells_where_the_rois_cover_the_map_about_once(monkeypatch):
+    """The forwards read a large map itself, a ROI's cells at a time, when the ROIs' cells add up
+    to a few times the map's at most (a mask head's boxes); otherwise, and for a small, strided
+    or half-precision map, a channels-last copy of the whole map. Either way the same numbers
+    (the random cases above run both)."""
     from roiviz.ops import _numba
 
-    x = torch.randn(2, 16, 40, 52)
-    sparse = _boxes_on(2, 12, 60.0, (416.0, 320.0), seed=1)  # 12 boxes of at most 60 px, scale 1/8
+    x = torch.randn(2, 16, 40, 52)  # 266 KB
+    sparse = _boxes_on(2, 12, 60.0, (416.0, 320.0), seed=1)
+    assert _numba.forward_input(x, sparse.numpy(), 1 / 8)[1] == 0  # small enough to copy
+    assert _numba.forward_input(x.repeat(1, 16, 1, 1), sparse.numpy(), 1 / 8)[1] > 0  # 4.3 MB: not
+    monkeypatch.setattr(_numba, "REGION_MIN_BYTES", 0)
     dense = _boxes_on(2, 400, 200.0, (416.0, 320.0), seed=2)
     read, rows = _numba.forward_input(x, sparse.numpy(), 1 / 8)
     assert rows > 0 and np.shares_memory(read, x.numpy())  # the map itself, no copy

@@ -747,8 +747,11 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
 #: ROIs cover add up to at most this many times the map's cells...
 REGION_RATIO = 3.0
 #: ... and the largest ROI's cells, all channels, take at most this many bytes (they stay in
-#: the L2 cache while the ROI's samples read them).
+#: the L2 cache while the ROI's samples read them) ...
 REGION_BYTES = 2 << 20
+#: ... and the map takes at least this many bytes (a smaller one's copy stays in the cache, and
+#: is then cheaper than copying cells that several ROIs share once per ROI).
+REGION_MIN_BYTES = 4 << 20
 
 
 def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
@@ -762,12 +765,13 @@ def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float) -> tuple[
     once more and the kernels read it back: cheaper when the ROIs overlap a lot (a detector
     head's 1,000 boxes on a small map). Reading each ROI's cells from the map itself moves
     less when the ROIs cover the map about once (a mask head's 100 boxes an image on a large
-    map), and needs no map-sized allocation. Regional when the estimate of
-    :func:`region_cells` is within :data:`REGION_RATIO` of the map and
-    :data:`REGION_BYTES` of scratch, and the map is a contiguous float32 or float64 tensor.
+    map), and needs no map-sized allocation. Regional when the map is a contiguous float32 or
+    float64 tensor of :data:`REGION_MIN_BYTES` or more and the estimate of :func:`region_cells`
+    is within :data:`REGION_RATIO` of the map and :data:`REGION_BYTES` of scratch.
     """
     _, c_n, height, width = input.shape
-    if input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and rois.shape[0]:
+    if (input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and rois.shape[0]
+            and input.numel() * input.element_size() >= REGION_MIN_BYTES):
         total, largest = region_cells(rois, float(scale), height, width)
         if total * c_n <= REGION_RATIO * input.numel() and largest * c_n * input.element_size() <= REGION_BYTES:
             return input.detach().numpy(), largest + 1  # and the row that samples outside the map read
@@ -854,6 +858,7 @@ def compile_kernels(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.floa
         # A map of more cells than int16 holds: roi_pool's argmax is int32 there.
         wide = torch.rand(1, 1, 1, 1 << 15, dtype=dtype, requires_grad=True)
         roi_pool(wide, b, 2).sum().backward()
+        region_cells(b.numpy(), 1.0, 4, 5)  # called for maps of REGION_MIN_BYTES and more
     return time.perf_counter() - start
 
 
