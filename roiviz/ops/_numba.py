@@ -208,6 +208,34 @@ def _sample_span(ok, low, high, size):
     return _widen(first, last - first + 1, size)
 
 
+@njit(cache=True, error_model="numpy")
+def _map_shape(x, regional):
+    """``(C, H, W)`` of a forward's map: ``x[N, C, H, W]`` itself when ``regional``, else its
+    channels-last copy ``x[N, H, W, C]`` (see :func:`forward_input`)."""
+    if regional:
+        return x.shape[1], x.shape[2], x.shape[3]
+    return x.shape[3], x.shape[1], x.shape[2]
+
+
+@njit(cache=True, error_model="numpy")
+def _cell_rows(x, b, y0, rh, x0, rw, region):
+    """Where a forward kernel reads the cells of image ``b``: ``(rows, oy, stride, ox, outside,
+    region)``, with cell ``(y, x)`` of the map at row ``(y + oy) * stride + x + ox`` of
+    ``rows[:, C]`` (plain row indices, no array views per sample) and cell ``(0, 0)`` at row
+    ``outside`` (what a roi_align sample outside the map reads).
+
+    With a scratch array (``region`` of one row or more), ``x`` is the map ``[N, C, H, W]`` and
+    ``rows`` is ``region``, holding cells ``y0 .. y0 + rh`` x ``x0 .. x0 + rw`` channels last
+    (:func:`_read_region`; ``region`` is returned, grown if it was too small). Without,
+    ``x`` is the channels-last copy ``[N, H, W, C]`` and ``rows`` all of it.
+    """
+    if region.shape[0] > 0:
+        region = _read_region(x, b, y0, rh, x0, rw, region)
+        return region, -y0, rw, -x0, rh * rw, region
+    c_n, height, width = _map_shape(x, False)
+    return x.reshape((-1, c_n)), b * height, width, 0, b * height * width, region
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def region_cells(rois, scale, height, width):
     """``(total, largest)``: the cells a forward reading each ROI's part of an ``height x width``
@@ -308,17 +336,15 @@ def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
 
 
 @njit(cache=True, error_model="numpy")
-def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, regional, out, tile, region):
+def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile, region):
     """Every output of ROI ``k``: torchvision's forward loop for one ROI, its sums kept in
     ``tile[PH*PW, C + TILE_PAD]`` (channels last) until they are written.
 
-    ``x`` is the channels-last map ``[N, H, W, C]``, or with ``regional`` the map itself
-    ``[N, C, H, W]``, whose cells this ROI reads are first copied channels last into ``region``
-    (:func:`_read_region`). Returns ``region`` (grown if it was too small)."""
-    if regional:
-        c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
-    else:
-        height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
+    ``x`` is the channels-last map ``[N, H, W, C]`` when ``region`` has no rows, else the map
+    itself ``[N, C, H, W]``, whose cells this ROI reads are first copied channels last into
+    ``region`` (:func:`_cell_rows`). Returns ``region`` (grown if it was too small)."""
+    regional = region.shape[0] > 0
+    c_n, height, width = _map_shape(x, regional)
     b = int(rois[k, 0])
     start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
     count = as_type(max(gh * gw, 1), scale)
@@ -326,17 +352,11 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, r
     gw = max(gw, 0)
     y_ok, y_lo, y_hi, ly, hy = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
     x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
-    # Cell (y, x) of the map is row (y + oy) * stride + x + ox of ``rows`` (plain row indices,
-    # no array views per sample); a sample outside the map reads row ``outside``: cell (0, 0).
+    y0, rh, x0, rw = 0, 0, 0, 0
     if regional:
         y0, rh = _sample_span(y_ok, y_lo, y_hi, height)
         x0, rw = _sample_span(x_ok, x_lo, x_hi, width)
-        region = _read_region(x, b, y0, rh, x0, rw, region)
-        rows = region
-        oy, stride, ox, outside = -y0, rw, -x0, rh * rw
-    else:
-        rows = x.reshape((-1, c_n))  # [N*H*W, C]
-        oy, stride, ox, outside = b * height, width, 0, b * height * width
+    rows, oy, stride, ox, outside, region = _cell_rows(x, b, y0, rh, x0, rw, region)
     zero = as_type(0, scale)
     n = gh * gw
     # A division by a power of two is a multiplication by its inverse, bit for bit (the same
@@ -399,8 +419,7 @@ def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, regio
     tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), x.dtype)  # one for the range: 200 KB for a 14x14 head
     region = np.empty((region_rows, c_n + TILE_PAD), x.dtype)
     for k in range(lo, hi):
-        region = _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, region_rows > 0, out,
-                                    tile, region)
+        region = _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile, region)
 
 
 @njit(cache=True, error_model="numpy")
@@ -504,18 +523,16 @@ def _round_half_away(v):
 
 
 @njit(cache=True, error_model="numpy")
-def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, regional, out, argmax, best_tile, arg_tile, region):
-    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` with
-    ``regional``, as in :func:`_align_forward_roi`): torchvision's forward. Returns ``region``.
+def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile, region):
+    """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` read
+    through ``region``, as in :func:`_align_forward_roi`): torchvision's forward. Returns ``region``.
 
     ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major
     order, from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin is empty.
     An empty ``argmax`` (``argmax.size == 0``) is not written: no gradient will be needed.
     """
-    if regional:
-        c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
-    else:
-        height, width, c_n = x.shape[1], x.shape[2], x.shape[3]
+    regional = region.shape[0] > 0
+    c_n, height, width = _map_shape(x, regional)
     b = int(rois[k, 0])
     start_w = _round_half_away(rois[k, 1] * scale)
     start_h = _round_half_away(rois[k, 2] * scale)
@@ -536,16 +553,11 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, regional, out, argmax, best
     for pw in range(pw_n):
         ws[pw] = min(max(int(np.floor(as_type(pw, scale) * bin_w)) + start_w, 0), width)
         we[pw] = min(max(int(np.ceil(as_type(pw + 1, scale) * bin_w)) + start_w, 0), width)
-    # Cell (h, w) of the map is row (h + oy) * stride + w + ox of ``rows``.
+    y0, rh, x0, rw = 0, 0, 0, 0
     if regional:  # the bins' starts and ends grow with their index
         y0, rh = hs[0], max(he[ph_n - 1] - hs[0], 0)
         x0, rw = _widen(ws[0], max(we[pw_n - 1] - ws[0], 0), width)
-        region = _read_region(x, b, y0, rh, x0, rw, region)
-        rows = region
-        oy, stride, ox = -y0, rw, -x0
-    else:
-        rows = x.reshape((-1, c_n))  # [N*H*W, C]
-        oy, stride, ox = b * height, width, 0
+    rows, oy, stride, ox, _, region = _cell_rows(x, b, y0, rh, x0, rw, region)
     track = argmax.size > 0
     for ph in range(ph_n):
         hstart, hend = hs[ph], he[ph]
@@ -609,8 +621,7 @@ def roi_pool_forward(x, rois, scale, ph_n, pw_n, region_rows, out, argmax, lo, h
     arg_tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), argmax.dtype)
     region = np.empty((region_rows, c_n + TILE_PAD), x.dtype)
     for k in range(lo, hi):
-        region = _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, region_rows > 0, out, argmax, best_tile,
-                                   arg_tile, region)
+        region = _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile, region)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
