@@ -57,25 +57,31 @@ def kernels(choice: str):
 
 @contextlib.contextmanager
 def layout(choice: str):
-    """Make the forwards read each ROI's cells from the map itself (``regional``) or a
-    channels-last copy of the whole map (``copy``), whatever their rule would choose."""
+    """Make the forwards read the map as it is, a channel plane at a time (``planes``), each
+    ROI's cells from the map itself (``regional``) or a channels-last copy of the whole map
+    (``copy``), whatever the channel count and their rule would choose."""
     from roiviz.ops import _numba
 
-    saved = _numba.REGION_RATIO, _numba.REGION_MIN_BYTES
-    _numba.REGION_RATIO, _numba.REGION_MIN_BYTES = (math.inf, 0) if choice == "regional" else (0.0, math.inf)
+    names = ("ALIGN_PLANES_BELOW", "POOL_PLANES_BELOW", "REGION_RATIO", "REGION_MIN_BYTES")
+    saved = [getattr(_numba, name) for name in names]
+    planes = math.inf if choice == "planes" else 0
+    region = (math.inf, 0) if choice == "regional" else (0.0, math.inf)
+    for name, value in zip(names, (planes, planes, *region), strict=True):
+        setattr(_numba, name, value)
     try:
         yield
     finally:
-        _numba.REGION_RATIO, _numba.REGION_MIN_BYTES = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(_numba, name, value)
 
 
-LAYOUTS = st.sampled_from(["regional", "copy"])
+LAYOUTS = st.sampled_from(["planes", "regional", "copy"])
 
 
 @st.composite
 def cases(draw, dtype=torch.float32):
     n = draw(st.integers(1, 2))
-    c = draw(st.one_of(st.integers(1, 5), st.integers(16, 18)))  # roi_pool scans fewer than 16 channels one at a time
+    c = draw(st.one_of(st.integers(1, 5), st.integers(15, 18)))  # each side of the plane thresholds (4, 15)
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     scale = draw(st.sampled_from([1.0, 0.5, 0.25, 1 / 3]))
     k = draw(st.integers(0, 6))
@@ -240,26 +246,51 @@ def test_a_forward_reads_each_rois_cells_where_the_rois_cover_the_map_about_once
 
     x = torch.randn(2, 16, 40, 52)  # 266 KB
     sparse = _boxes_on(2, 12, 60.0, (416.0, 320.0), seed=1)
-    assert _numba.forward_input(x, sparse.numpy(), 1 / 8)[1] == 0  # small enough to copy
-    assert _numba.forward_input(x.repeat(1, 16, 1, 1), sparse.numpy(), 1 / 8)[1] > 0  # 4.3 MB: not
+    # 16 channels: not read a plane at a time by either op (the next test).
+    assert _numba.forward_input(x, sparse.numpy(), 1 / 8, 16)[1] == 0  # small enough to copy
+    assert _numba.forward_input(x.repeat(1, 16, 1, 1), sparse.numpy(), 1 / 8, 16)[1] > 0  # 4.3 MB: not
     monkeypatch.setattr(_numba, "REGION_MIN_BYTES", 0)
     dense = _boxes_on(2, 400, 200.0, (416.0, 320.0), seed=2)
-    read, rows = _numba.forward_input(x, sparse.numpy(), 1 / 8)
+    read, rows = _numba.forward_input(x, sparse.numpy(), 1 / 8, 16)
     assert rows > 0 and np.shares_memory(read, x.numpy())  # the map itself, no copy
     total, largest = _numba.region_cells(sparse.numpy(), 1 / 8, 40, 52)
     assert rows == largest + 1 and total <= _numba.REGION_RATIO * 40 * 52 * 2
     for variant, boxes in ((x, dense), (x.transpose(2, 3).contiguous().transpose(2, 3), sparse),
                            (x.half(), sparse)):
-        read, rows = _numba.forward_input(variant, boxes.numpy(), 1 / 8)
+        read, rows = _numba.forward_input(variant, boxes.numpy(), 1 / 8, 16)
         assert rows == 0 and read.shape == (2, 40, 52, 16) and read.flags.c_contiguous  # [N, H, W, C]
     big = torch.tensor([[0, 0.0, 0.0, 415.0, 319.0]])  # the whole map: 16 x 2,080 cells of scratch
-    assert _numba.forward_input(x, big.numpy(), 1 / 8)[1] > 0
-    assert _numba.forward_input(torch.randn(1, 1024, 40, 52), big.numpy(), 1 / 8)[1] == 0  # 8.5 MB of scratch
+    assert _numba.forward_input(x, big.numpy(), 1 / 8, 16)[1] > 0
+    assert _numba.forward_input(torch.randn(1, 1024, 40, 52), big.numpy(), 1 / 8, 16)[1] == 0  # 8.5 MB of scratch
     for boxes in (sparse, dense):
         with layout("regional"):
             a, p = roiviz.roi_align(x, boxes, 7, 1 / 8, 2), roiviz.roi_pool(x, boxes, 7, 1 / 8)
         assert torch.equal(a, reference.roi_align(x, boxes, 7, 1 / 8, 2))
         assert torch.equal(p, reference.roi_pool(x, boxes, 7, 1 / 8))
+
+
+def test_a_forward_reads_a_map_of_few_channels_as_it_is():
+    """Below a few channels (an RGB picture has 3) the forwards read the map itself, a channel
+    plane at a time: no copy of a contiguous float map, a contiguous one in the compute dtype
+    of a strided or half map; roi_pool up to 15 channels, roi_align up to 4. The same numbers."""
+    from roiviz.ops import _numba
+
+    x = torch.randn(2, 3, 40, 52)
+    boxes = _boxes_on(2, 12, 60.0, (416.0, 320.0), seed=1)
+    read, rows = _numba.forward_input(x, boxes.numpy(), 1 / 8, _numba.ALIGN_PLANES_BELOW)
+    assert rows == _numba.PLANES and np.shares_memory(read, x.numpy())
+    for variant in (x.transpose(2, 3).contiguous().transpose(2, 3), x.half()):
+        read, rows = _numba.forward_input(variant, boxes.numpy(), 1 / 8, _numba.ALIGN_PLANES_BELOW)
+        assert rows == _numba.PLANES and read.shape == (2, 3, 40, 52) and read.flags.c_contiguous
+        assert read.dtype == np.float32
+    six = x.repeat(1, 2, 1, 1)
+    assert _numba.forward_input(six, boxes.numpy(), 1 / 8, _numba.ALIGN_PLANES_BELOW)[1] == 0
+    assert _numba.forward_input(six, boxes.numpy(), 1 / 8, _numba.POOL_PLANES_BELOW)[1] == _numba.PLANES
+    for variant in (x, x.transpose(2, 3).contiguous().transpose(2, 3), six):
+        for sampling_ratio in (2, -1):
+            assert torch.equal(roiviz.roi_align(variant, boxes, 7, 1 / 8, sampling_ratio),
+                               reference.roi_align(variant, boxes, 7, 1 / 8, sampling_ratio))
+        assert torch.equal(roiviz.roi_pool(variant, boxes, 7, 1 / 8), reference.roi_pool(variant, boxes, 7, 1 / 8))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -8,7 +8,8 @@ bit. Four things differ, none of which changes a number:
 - the input is read channels last, so that the innermost loop runs over contiguous channels
   (the sample positions and weights are shared by every channel): a forward reads either a
   channels-last copy of the whole map (``[N, H, W, C]``) or, where the ROIs cover the map about
-  once, a copy of each ROI's cells made just before its samples read them
+  once, a copy of each ROI's cells made just before its samples read them; a map of a few
+  channels (an RGB picture) is read as it is, a channel plane at a time, like torchvision
   (:func:`forward_input`);
 - the forward runs ROIs in parallel (each ROI writes only its own outputs);
 - the backward runs blocks of channels in parallel and, inside a block, ROIs in order, so the
@@ -44,6 +45,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ..boxes import compute_dtype
+
 __all__ = ["blocks_to_nchw", "channels_last", "compile_kernels", "empty", "forward_input", "launch", "pool_grad_block", "roi_align_backward", "roi_align_forward", "roi_pool_backward", "roi_pool_forward"]
 
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: roi_pool's start value, in every dtype
@@ -57,10 +60,17 @@ GRAD_BLOCK = 64
 #: evicts itself and every element comes from L2; 16 more elements per row spread a column over
 #: all the sets (see docs/benchmarks.md).
 TILE_PAD = 16
-#: Below this many channels roi_pool's forward with argmax scans one channel at a time (its
-#: maximum and argmax in registers) instead of all channels per cell (vectors of both in memory,
-#: each cell's update waiting on the last one's stores, which few channels do not amortise).
-FEW_CHANNELS = 16
+#: Below this many channels roi_pool's forward reads the map as it is, ``[N, C, H, W]``, one
+#: channel plane at a time, each bin's maximum and argmax in registers (:data:`PLANES`): loops
+#: over a few channels do not amortise a channels-last copy, nor vectors of maxima in memory,
+#: each cell's update waiting on the last one's stores (an RGB picture, the notebooks' map, has 3).
+POOL_PLANES_BELOW = 16
+#: The same for roi_align's forward, which gains less: a channel at a time, each sample's four
+#: weight products are made once per channel instead of once for all channels, and with many
+#: samples (``sampling_ratio=-1`` on large boxes) that costs more than the copy from 6 channels.
+ALIGN_PLANES_BELOW = 5
+#: :func:`forward_input`'s ``region_rows`` for a map read as it is: no copy, no scratch array.
+PLANES = -1
 
 
 def as_type(value, like):  # pragma: no cover - only called in compiled code
@@ -410,11 +420,52 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     return region
 
 
+@njit(cache=True, error_model="numpy")
+def _align_forward_planes(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out):
+    """Every output of ROI ``k`` from the map as it is, ``x[N, C, H, W]``, a channel at a time
+    (:data:`ALIGN_PLANES_BELOW`): the same float operations as :func:`_align_forward_roi`, in the same
+    order, each output's sum in a register."""
+    c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    b = int(rois[k, 0])
+    start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
+    count = as_type(max(gh * gw, 1), scale)
+    gh = max(gh, 0)
+    gw = max(gw, 0)
+    y_ok, y_lo, y_hi, ly, hy = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
+    x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
+    zero = as_type(0, scale)
+    n = gh * gw
+    inverse = as_type(1, scale) / count  # exact where n is a power of two (_align_forward_roi)
+    by_inverse = n > 0 and n & (n - 1) == 0
+    for c in range(c_n):
+        plane = x[b, c]
+        corner = plane[0, 0]  # what a sample outside the map reads, with weights 0
+        dst = out[k, c]
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                acc = zero
+                for iy in range(gh):
+                    j = ph * gh + iy
+                    for ix in range(gw):
+                        i = pw * gw + ix
+                        if y_ok[j] and x_ok[i]:
+                            acc += (hy[j] * hx[i] * plane[y_lo[j], x_lo[i]] + hy[j] * lx[i] * plane[y_lo[j], x_hi[i]]
+                                    + ly[j] * hx[i] * plane[y_hi[j], x_lo[i]] + ly[j] * lx[i] * plane[y_hi[j], x_hi[i]])
+                        else:
+                            acc += zero * corner + zero * corner + zero * corner + zero * corner
+                dst[ph, pw] = acc * inverse if by_inverse else acc / count
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def roi_align_forward(x, rois, scale, ph_n, pw_n, sampling_ratio, aligned, region_rows, out, lo, hi):
     """``out[K, C, PH, PW]`` from ``x[N, H, W, C]``, or from ``x[N, C, H, W]`` read a ROI's cells at
-    a time through a scratch array of ``region_rows`` cells when that is not 0 (see
-    :func:`forward_input`): torchvision's forward for ROIs ``lo .. hi``."""
+    a time through a scratch array of ``region_rows`` cells when that is more than 0, or a
+    channel plane at a time when it is :data:`PLANES` (see :func:`forward_input`):
+    torchvision's forward for ROIs ``lo .. hi``."""
+    if region_rows == PLANES:
+        for k in range(lo, hi):
+            _align_forward_planes(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out)
+        return
     c_n = out.shape[1]
     tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), x.dtype)  # one for the range: 200 KB for a 14x14 head
     region = np.empty((region_rows, c_n + TILE_PAD), x.dtype)
@@ -523,6 +574,58 @@ def _round_half_away(v):
 
 
 @njit(cache=True, error_model="numpy")
+def _pool_bins(roi, scale, ph_n, pw_n, height, width):
+    """``(hs, he, ws, we)``: the rows ``hs[ph] .. he[ph]`` and columns ``ws[pw] .. we[pw]`` of
+    each bin of ``roi``, inside the map (torchvision's expressions, in its order)."""
+    start_w = _round_half_away(roi[1] * scale)
+    start_h = _round_half_away(roi[2] * scale)
+    end_w = _round_half_away(roi[3] * scale)
+    end_h = _round_half_away(roi[4] * scale)
+    roi_w = max(end_w - start_w + 1, 1)  # malformed boxes are forced to 1x1
+    roi_h = max(end_h - start_h + 1, 1)
+    bin_h = as_type(roi_h, scale) / as_type(ph_n, scale)
+    bin_w = as_type(roi_w, scale) / as_type(pw_n, scale)
+    hs = np.empty(ph_n, np.int64)
+    he = np.empty(ph_n, np.int64)
+    for ph in range(ph_n):
+        hs[ph] = min(max(int(np.floor(as_type(ph, scale) * bin_h)) + start_h, 0), height)
+        he[ph] = min(max(int(np.ceil(as_type(ph + 1, scale) * bin_h)) + start_h, 0), height)
+    ws = np.empty(pw_n, np.int64)
+    we = np.empty(pw_n, np.int64)
+    for pw in range(pw_n):
+        ws[pw] = min(max(int(np.floor(as_type(pw, scale) * bin_w)) + start_w, 0), width)
+        we[pw] = min(max(int(np.ceil(as_type(pw + 1, scale) * bin_w)) + start_w, 0), width)
+    return hs, he, ws, we
+
+
+@njit(cache=True, error_model="numpy")
+def _pool_forward_planes(x, rois, k, scale, ph_n, pw_n, out, argmax):
+    """``out`` and ``argmax`` of ROI ``k`` from the map as it is, ``x[N, C, H, W]``, a channel at
+    a time (:data:`POOL_PLANES_BELOW`): the comparisons of :func:`_pool_forward_roi`, in the same
+    order, each bin's maximum and argmax in registers."""
+    c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
+    b = int(rois[k, 0])
+    hs, he, ws, we = _pool_bins(rois[k], scale, ph_n, pw_n, height, width)
+    track = argmax.size > 0
+    for c in range(c_n):
+        plane = x[b, c]
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                empty = he[ph] <= hs[ph] or we[pw] <= ws[pw]
+                top = as_type(0 if empty else -_FLT_MAX, scale)
+                where = -1
+                for h in range(hs[ph], he[ph]):
+                    for w in range(ws[pw], we[pw]):
+                        v = plane[h, w]
+                        if v > top:  # strict: the first maximum in row-major order; NaN never wins
+                            top = v
+                            where = h * width + w
+                out[k, c, ph, pw] = top
+                if track:
+                    argmax[k, c, ph, pw] = where
+
+
+@njit(cache=True, error_model="numpy")
 def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg_tile, region):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` read
     through ``region``, as in :func:`_align_forward_roi`): torchvision's forward. Returns ``region``.
@@ -534,25 +637,7 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
     regional = region.shape[0] > 0
     c_n, height, width = _map_shape(x, regional)
     b = int(rois[k, 0])
-    start_w = _round_half_away(rois[k, 1] * scale)
-    start_h = _round_half_away(rois[k, 2] * scale)
-    end_w = _round_half_away(rois[k, 3] * scale)
-    end_h = _round_half_away(rois[k, 4] * scale)
-    roi_w = max(end_w - start_w + 1, 1)  # malformed boxes are forced to 1x1
-    roi_h = max(end_h - start_h + 1, 1)
-    bin_h = as_type(roi_h, scale) / as_type(ph_n, scale)
-    bin_w = as_type(roi_w, scale) / as_type(pw_n, scale)
-    # Each bin's rows hs[ph] .. he[ph] and columns ws[pw] .. we[pw], inside the map.
-    hs = np.empty(ph_n, np.int64)
-    he = np.empty(ph_n, np.int64)
-    for ph in range(ph_n):
-        hs[ph] = min(max(int(np.floor(as_type(ph, scale) * bin_h)) + start_h, 0), height)
-        he[ph] = min(max(int(np.ceil(as_type(ph + 1, scale) * bin_h)) + start_h, 0), height)
-    ws = np.empty(pw_n, np.int64)
-    we = np.empty(pw_n, np.int64)
-    for pw in range(pw_n):
-        ws[pw] = min(max(int(np.floor(as_type(pw, scale) * bin_w)) + start_w, 0), width)
-        we[pw] = min(max(int(np.ceil(as_type(pw + 1, scale) * bin_w)) + start_w, 0), width)
+    hs, he, ws, we = _pool_bins(rois[k], scale, ph_n, pw_n, height, width)
     y0, rh, x0, rw = 0, 0, 0, 0
     if regional:  # the bins' starts and ends grow with their index
         y0, rh = hs[0], max(he[ph_n - 1] - hs[0], 0)
@@ -567,19 +652,6 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
             best = best_tile[ph * pw_n + pw]
             arg = arg_tile[ph * pw_n + pw]
             start = as_type(0 if empty else -_FLT_MAX, scale)
-            if track and c_n < FEW_CHANNELS:  # each channel's scan in registers: the same comparisons, in order
-                for c in range(c_n):
-                    top = start
-                    where = as_type(-1, arg[0])
-                    for h in range(hstart, hend):
-                        for w in range(wstart, wend):
-                            v = rows[(oy + h) * stride + ox + w, c]
-                            if v > top:
-                                top = v
-                                where = as_type(h * width + w, arg[0])
-                    best[c] = top
-                    arg[c] = where
-                continue
             for c in range(c_n):
                 best[c] = start
             if track:
@@ -612,10 +684,14 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
 @njit(cache=True, nogil=True, error_model="numpy")
 def roi_pool_forward(x, rois, scale, ph_n, pw_n, region_rows, out, argmax, lo, hi):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` with
-    ``region_rows``, as :func:`roi_align_forward`): torchvision's forward, for ROIs ``lo .. hi``.
+    ``region_rows`` or :data:`PLANES`, as :func:`roi_align_forward`): torchvision's forward, for ROIs ``lo .. hi``.
     ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major order,
     from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin is empty; an empty
     ``argmax`` is skipped (a forward without gradient)."""
+    if region_rows == PLANES:
+        for k in range(lo, hi):
+            _pool_forward_planes(x, rois, k, scale, ph_n, pw_n, out, argmax)
+        return
     c_n = out.shape[1]
     best_tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), x.dtype)  # one ROI's results, channels last
     arg_tile = np.empty((ph_n * pw_n, c_n + TILE_PAD), argmax.dtype)
@@ -765,10 +841,12 @@ REGION_BYTES = 2 << 20
 REGION_MIN_BYTES = 4 << 20
 
 
-def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float, planes_below: int) -> tuple[np.ndarray, int]:
     """What a forward kernel reads: ``(x, region_rows)``.
 
-    Either the map itself, ``[N, C, H, W]``, where each ROI's kernel first copies the cells it
+    With fewer than ``planes_below`` channels (:data:`POOL_PLANES_BELOW`,
+    :data:`ALIGN_PLANES_BELOW`), the map as it is, ``[N, C, H, W]`` (contiguous, in the compute
+    dtype), read a channel plane at a time (``region_rows`` is :data:`PLANES`). Else either the map itself, where each ROI's kernel first copies the cells it
     reads, channels last, into a scratch array of ``region_rows`` cells (grown if a ROI needs
     more) that stays in the cache; or (``region_rows`` 0) a
     channels-last copy of the whole map, ``[N, H, W, C]`` (:func:`channels_last`). The results
@@ -781,6 +859,8 @@ def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float) -> tuple[
     is within :data:`REGION_RATIO` of the map and :data:`REGION_BYTES` of scratch.
     """
     _, c_n, height, width = input.shape
+    if c_n < planes_below:
+        return input.detach().to(compute_dtype(input.dtype)).contiguous().numpy(), PLANES
     if (input.dtype in (torch.float32, torch.float64) and input.is_contiguous() and rois.shape[0]
             and input.numel() * input.element_size() >= REGION_MIN_BYTES):
         total, largest = region_cells(rois, float(scale), height, width)

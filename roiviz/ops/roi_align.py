@@ -140,7 +140,7 @@ def _roi_align_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Ten
     from . import _numba  # imports numba (a second) on first use, not with roiviz
 
     r = rois.detach().numpy()
-    xs, region_rows = _numba.forward_input(input, r, scale.item())  # in the compute dtype
+    xs, region_rows = _numba.forward_input(input, r, scale.item(), _numba.ALIGN_PLANES_BELOW)  # in the compute dtype
     out = _numba.empty((r.shape[0], input.shape[1], ph_n, pw_n), compute_dtype(input.dtype))
     if out.numel():
         _numba.launch(_numba.roi_align_forward, xs, r, xs.dtype.type(scale.item()), ph_n, pw_n,

@@ -8,8 +8,8 @@ Pool gets wrong.
 How it is computed (every way exact: a max has no rounding)
 ------------------------------------------------------------
 - **CPU tensors** take the compiled loops of :mod:`roiviz.ops._numba`: torchvision's kernel
-  reading the input channels last (a copy of the map, or of each ROI's cells), ROIs in
-  parallel, saving the argmax like torchvision;
+  reading the input channels last (a copy of the map, or of each ROI's cells), or a channel
+  plane at a time below 16 channels, ROIs in parallel, saving the argmax like torchvision;
   the backward adds each output's gradient to its argmax, channels in parallel and ROIs in
   order inside a channel (torchvision's order: bit-exact, deterministic).
 - **CUDA tensors** take :mod:`roiviz.ops._triton` when Triton is importable (the same scan,
@@ -123,7 +123,7 @@ def _roi_pool_cpu(input: Tensor, rois: Tensor, ph_n: int, pw_n: int, scale: Tens
     from . import _numba  # imports numba (a second) on first use, not with roiviz
 
     r = rois.detach().numpy()
-    xs, region_rows = _numba.forward_input(input, r, scale.item())  # in the compute dtype
+    xs, region_rows = _numba.forward_input(input, r, scale.item(), _numba.POOL_PLANES_BELOW)  # in the compute dtype
     out = _numba.empty((r.shape[0], input.shape[1], ph_n, pw_n), compute_dtype(input.dtype))
     # The argmax is the cell h * W + w: int16 when every cell number fits (a W1 map has 3,400
     # cells), so the forward writes, the graph keeps and the backward reads half of int32's bytes.
