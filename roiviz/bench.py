@@ -441,7 +441,8 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 wl = bench.WORKLOADS[args["workload"]]
 fn = (bench._roiviz_op if args["impl"] == "roiviz" else bench._torchvision_op)(args["op"])
-tiny = bench.Workload("tiny", 1, 1, 8, 8, 2, 2, 1.0, image=(8, 8), box_px=(1.0, 4.0))
+# The workload's channel count: the kernels pick how to read the map by it (roiviz.ops._numba).
+tiny = bench.Workload("tiny", 1, wl.channels, 8, 8, 2, 2, 1.0, image=(8, 8), box_px=(1.0, 4.0))
 with torch.no_grad():  # load every code path on a tiny input first
     fn(bench.make_input(tiny), bench.make_boxes(tiny), 2, 1.0)
 x, boxes = bench.make_input(wl), bench.make_boxes(wl)
