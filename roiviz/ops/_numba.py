@@ -346,6 +346,20 @@ def _align_box(roi, scale, ph_n, pw_n, sampling_ratio, aligned):
 
 
 @njit(cache=True, error_model="numpy")
+def _align_samples(rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, height, width):
+    """A forward's samples of ROI ``k``: ``(count, gh, gw, y_axis, x_axis)``, the divisor of
+    each bin's sum (torchvision's ``max(grid_h * grid_w, 1)``), the grid (0 where the adaptive
+    grid is negative) and :func:`_align_axis` of each axis."""
+    start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
+    count = as_type(max(gh * gw, 1), scale)
+    gh = max(gh, 0)
+    gw = max(gw, 0)
+    y_axis = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
+    x_axis = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
+    return count, gh, gw, y_axis, x_axis
+
+
+@njit(cache=True, error_model="numpy")
 def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, out, tile, region):
     """Every output of ROI ``k``: torchvision's forward loop for one ROI, its sums kept in
     ``tile[PH*PW, C + TILE_PAD]`` (channels last) until they are written.
@@ -356,12 +370,9 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     regional = region.shape[0] > 0
     c_n, height, width = _map_shape(x, regional)
     b = int(rois[k, 0])
-    start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
-    count = as_type(max(gh * gw, 1), scale)
-    gh = max(gh, 0)
-    gw = max(gw, 0)
-    y_ok, y_lo, y_hi, ly, hy = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
-    x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
+    count, gh, gw, y_axis, x_axis = _align_samples(rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, height, width)
+    y_ok, y_lo, y_hi, ly, hy = y_axis
+    x_ok, x_lo, x_hi, lx, hx = x_axis
     y0, rh, x0, rw = 0, 0, 0, 0
     if regional:
         y0, rh = _sample_span(y_ok, y_lo, y_hi, height)
@@ -427,12 +438,9 @@ def _align_forward_planes(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned
     order, each output's sum in a register."""
     c_n, height, width = x.shape[1], x.shape[2], x.shape[3]
     b = int(rois[k, 0])
-    start_h, start_w, bin_h, bin_w, gh, gw = _align_box(rois[k], scale, ph_n, pw_n, sampling_ratio, aligned)
-    count = as_type(max(gh * gw, 1), scale)
-    gh = max(gh, 0)
-    gw = max(gw, 0)
-    y_ok, y_lo, y_hi, ly, hy = _align_axis(start_h, bin_h, gh, ph_n, height, rois)
-    x_ok, x_lo, x_hi, lx, hx = _align_axis(start_w, bin_w, gw, pw_n, width, rois)
+    count, gh, gw, y_axis, x_axis = _align_samples(rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, height, width)
+    y_ok, y_lo, y_hi, ly, hy = y_axis
+    x_ok, x_lo, x_hi, lx, hx = x_axis
     zero = as_type(0, scale)
     n = gh * gw
     inverse = as_type(1, scale) / count  # exact where n is a power of two (_align_forward_roi)
