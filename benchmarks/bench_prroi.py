@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 import roiviz
-from roiviz.bench import WORKLOADS, make_boxes, make_input
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from roiviz.bench import WORKLOADS, cpu_model, make_boxes, make_input
 
 
 def main() -> None:
@@ -44,7 +32,7 @@ def main() -> None:
         "roi_align sr=2": lambda x, b, w: roiviz.roi_align(x, b, w.output_size, w.spatial_scale, 2, True),
         "prroi_pool": lambda x, b, w: roiviz.prroi_pool(x, b, w.output_size, w.spatial_scale, aligned=True),
     }
-    print(f"CPU: {_cpu_model()}; torch {torch.__version__}, {args.threads} thread(s); "
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {args.threads} thread(s); "
           f"ROIVIZ_KERNELS={os.environ.get('ROIVIZ_KERNELS', 'numba')}; load before: {os.getloadavg()}")
     for name in args.workloads:
         w = WORKLOADS[name]

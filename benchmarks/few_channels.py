@@ -16,28 +16,17 @@ Both ways give the same numbers bit for bit (``tests/test_ops_paths.py``).
 from __future__ import annotations
 
 import argparse
-import platform
 import timeit
 from functools import partial
 
 import torch
 
 import roiviz
+from roiviz.bench import cpu_id, cpu_model
 from roiviz.ops import _numba
 
 #: (height, width, boxes, spatial_scale, output size)
 GEOMETRIES = [(64, 64, 8, 1.0, 7), (256, 256, 64, 0.5, 7), (512, 512, 32, 1.0, 14)]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def best_us(fn, calls: int, repeats: int) -> float:
@@ -58,7 +47,7 @@ def main() -> None:
     parser.add_argument("--grad", action="store_true", help="roi_pool with an input that requires grad")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}; microseconds per call, "
+    print(f"{cpu_model()} ({cpu_id()}), {args.threads} threads, torch {torch.__version__}; microseconds per call, "
           "planes / channels last")
     saved = _numba.ALIGN_PLANES_BELOW, _numba.POOL_PLANES_BELOW
     gen = torch.Generator().manual_seed(0)

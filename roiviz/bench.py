@@ -71,6 +71,8 @@ __all__ = [
     "WORKLOADS",
     "BenchResult",
     "Workload",
+    "cpu_id",
+    "cpu_model",
     "environment",
     "fresh_memory_ms",
     "main",
@@ -591,11 +593,51 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 def _env_line(env: dict[str, Any]) -> str:
     return (f"torch {env['torch']}, torchvision {env['torchvision'] or 'not installed'}, device {env['device']}"
             f"{' (' + env['device_name'] + ')' if env.get('device_name') else ''}, threads {env['threads']}, "
-            f"{env['cpu_count']} CPUs ({env['cpu_model']}), load {env['load_avg_1m']:.2f}"
+            f"{env['cpu_count']} CPUs ({env['cpu_model']}{', ' + env['cpu_id'] if env.get('cpu_id') else ''}), "
+            f"load {env['load_avg_1m']:.2f}"
             f"{' -> ' + format(env['load_avg_1m_end'], '.2f') if 'load_avg_1m_end' in env else ''}, "
             f"fresh memory {_fmt(env.get('fresh_memory_ms_per_64mib'))} ms/64 MiB, "
             f"{env['date_utc']}{' -> ' + env['finished_utc'] if 'finished_utc' in env else ''}, "
             f"roiviz {env.get('roiviz_git') or env['roiviz']}")
+
+
+def _cpuinfo(field_name: str) -> str | None:
+    """The first value of ``field_name`` in ``/proc/cpuinfo`` (Linux), else ``None``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == field_name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's name as the system reports it (``/proc/cpuinfo``'s model name on Linux).
+
+    Examples
+    --------
+    >>> isinstance(cpu_model(), str) and len(cpu_model()) > 0
+    True
+    """
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_id() -> str | None:
+    """``"<vendor> family F model M"`` from ``/proc/cpuinfo``: what tells CPUs of one name apart
+    (a VM may report only "AMD EPYC", for Zen 4 and Zen 5 alike); ``None`` where it is not known.
+
+    Examples
+    --------
+    >>> cpu_id() is None or " family " in cpu_id()
+    True
+    """
+    vendor, family, model = _cpuinfo("vendor_id"), _cpuinfo("cpu family"), _cpuinfo("model")
+    if family is None or model is None:
+        return None
+    return f"{vendor or 'unknown'} family {family} model {model}"
 
 
 def environment(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -616,12 +658,6 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         tv_version = None
     import roiviz
 
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu_model)
-    except OSError:
-        pass
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -632,7 +668,7 @@ def environment(device: str | torch.device = "cpu", threads: int | None = None) 
         "python": platform.python_version(), "platform": platform.platform(),
         "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "threads": threads or torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpus_usable": affinity,
-        "cpu_model": cpu_model, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+        "cpu_model": cpu_model(), "cpu_id": cpu_id(), "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
         "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "fresh_memory_ms_per_64mib": round(fresh_memory_ms(), 2) if dev.type == "cpu" else None,
     }
