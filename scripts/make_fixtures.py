@@ -166,19 +166,26 @@ def to_list_format(rois: torch.Tensor, n: int) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
+def _randn(*shape: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Normal draws in float64, then cast: torch's float32 ``randn`` takes another code path per
+    CPU instruction set (``ATEN_CPU_CAPABILITY``), so its numbers, and this file, would depend
+    on the machine; float64's do not."""
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
 def make_inputs() -> dict[str, torch.Tensor]:
     inputs: dict[str, torch.Tensor] = {}
     for dname, dtype in DTYPES.items():
         g = _gen("input", dname)
-        inputs[f"randn_{dname}"] = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+        inputs[f"randn_{dname}"] = _randn(N, C, H, W, generator=g, dtype=dtype)
         # Integer values with many ties: shows roi_pool's "first maximum gets the gradient".
         inputs[f"ties_{dname}"] = torch.randint(0, 3, (N, C, H, W), generator=g).to(dtype)
         # Non-contiguous layouts (torch.save keeps the strides).
-        inputs[f"transposed_{dname}"] = torch.randn(N, C, W, H, generator=g, dtype=dtype).transpose(2, 3)
-        inputs[f"channels_last_{dname}"] = torch.randn(N, C, H, W, generator=g, dtype=dtype).contiguous(
+        inputs[f"transposed_{dname}"] = _randn(N, C, W, H, generator=g, dtype=dtype).transpose(2, 3)
+        inputs[f"channels_last_{dname}"] = _randn(N, C, H, W, generator=g, dtype=dtype).contiguous(
             memory_format=torch.channels_last
         )
-        inputs[f"sliced_{dname}"] = torch.randn(N, 2 * C, H, W + 3, generator=g, dtype=dtype)[:, ::2, :, 1 : W + 1]
+        inputs[f"sliced_{dname}"] = _randn(N, 2 * C, H, W + 3, generator=g, dtype=dtype)[:, ::2, :, 1 : W + 1]
     # The d2l example: one 4x4 map holding 0..15.
     for dname, dtype in DTYPES.items():
         inputs[f"d2l_{dname}"] = torch.arange(16, dtype=dtype).reshape(1, 1, 4, 4)
