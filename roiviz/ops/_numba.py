@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..boxes import compute_dtype
@@ -86,6 +87,30 @@ def _as_type(value, like):
         return target(value)
 
     return impl
+
+
+@intrinsic
+def _prefetch(typingctx, arr, at):
+    """Ask for the cache line of ``arr.flat[at]`` to be brought to the L2 cache: a hint that
+    changes no result (``llvm.prefetch``; a no-op where the CPU has no such instruction)."""
+    if not (isinstance(at, types.Integer) and at.bitwidth == 64):
+        return None
+    sig = types.void(arr, at)
+
+    def codegen(context, builder, signature, args):
+        arr_v, at_v = args
+        data = context.make_array(signature.args[0])(context, builder, arr_v).data
+        address = builder.bitcast(builder.gep(data, [at_v]), cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        # The name carries the pointer type as the IR layer spells it (p0i8, or p0 where
+        # pointers are opaque), as numba's own llvm.memcpy does.
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
+                                            "llvm.prefetch." + address.type.intrinsic_name)
+        # read (0), locality 2 (kept in L2 and L3, not forced into L1), data cache (1)
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 _SHUFFLES = {  # step: (first, second) halves of each pair, for 8-element vectors a and b (b = 8..15)
@@ -188,6 +213,14 @@ def _read_region(x, b, y0, rh, x0, rw, region):
     row = region.shape[1]
     plane = height * width
     for y in range(rh):  # the [C, rw] slice of map row y0 + y, turned into rw rows of C
+        if y + 1 < rh and rw > 0:
+            # The next row's C runs lie a plane apart: too far for the hardware prefetchers,
+            # which follow a stream inside a page; asking for them now overlaps their
+            # latency with this row's turn.
+            at = (b * c_n * height + y0 + y + 1) * width + x0
+            for c in range(c_n):
+                _prefetch(src, at + c * plane)
+                _prefetch(src, at + c * plane + rw - 1)
         _transpose(src, (b * c_n * height + y0 + y) * width + x0, plane, dst, y * rw * row, row, c_n, rw)
     _transpose(src, b * c_n * plane, plane, dst, rh * rw * row, row, c_n, 1)
     return region
