@@ -167,8 +167,9 @@ def _transpose(src, s0, s_row, dst, d0, d_row, rows, cols):
     arrays): a ``rows x cols`` block of ``src`` written transposed into ``dst``.
 
     Types of 4 bytes or less go in 8x8 blocks (:func:`_transpose8`), down ``dst``'s rows in the
-    outer loop; the rest and the edges one element at a time (8x8 float64 blocks were slower
-    than single elements).
+    outer loop, the last columns of 8 or more in a block that overlaps the one before (it
+    writes some elements twice, the same values); the rest and the edges one element at a time
+    (8x8 float64 blocks were slower than single elements).
 
     Examples
     --------
@@ -186,6 +187,14 @@ def _transpose(src, s0, s_row, dst, d0, d_row, rows, cols):
         for j in range(j0, j0 + 8):
             for i in range(i8, rows):
                 dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]
+    if 8 <= j8 < cols:
+        j0 = cols - 8
+        for i0 in range(0, i8, 8):
+            _transpose8(src, s0 + i0 * s_row + j0, s_row, dst, d0 + j0 * d_row + i0, d_row)
+        for j in range(j8, cols):
+            for i in range(i8, rows):
+                dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]
+        return
     for j in range(j8, cols):
         for i in range(rows):
             dst[d0 + j * d_row + i] = src[s0 + i * s_row + j]
@@ -228,27 +237,27 @@ def _read_region(x, b, y0, rh, x0, rw, region):
 
 @njit(cache=True, error_model="numpy")
 def _widen(start, n, size):
-    """``(start, n)`` of a run of cells inside ``0 .. size``, grown to a multiple of 8 cells where the
-    map is that wide (moved left if needed), so that :func:`_read_region` moves whole 8x8 blocks."""
-    n8 = (n + 7) // 8 * 8
-    if n == 0 or n8 > size:
+    """``(start, n)`` of a run of cells inside ``0 .. size``, grown to 8 cells where it is shorter
+    and the map is that wide (moved left if needed), so that :func:`_read_region` moves whole
+    8x8 blocks (:func:`_transpose` ends a longer run with a block overlapping the one before)."""
+    if n == 0 or n >= 8 or size < 8:
         return start, n
-    return min(start, size - n8), n8
+    return min(start, size - 8), 8
 
 
 @njit(cache=True, error_model="numpy")
-def _sample_span(ok, low, high, size):
+def _sample_span(ok, low, high):
     """``(first, n)``: the cells from the lowest ``low`` to the highest ``high`` of the samples
-    that are inside the map (``n = 0`` when none is), widened by :func:`_widen`."""
-    first = size
+    that are inside the map (``n = 0`` when none is)."""
+    first = -1
     last = -1
     for j in range(ok.size):
         if ok[j]:
-            first = min(first, low[j])
+            first = low[j] if first < 0 else min(first, low[j])
             last = max(last, high[j])
-    if last < first:
+    if first < 0:
         return 0, 0
-    return _widen(first, last - first + 1, size)
+    return first, last - first + 1
 
 
 @njit(cache=True, error_model="numpy")
@@ -408,8 +417,9 @@ def _align_forward_roi(x, rois, k, scale, ph_n, pw_n, sampling_ratio, aligned, o
     x_ok, x_lo, x_hi, lx, hx = x_axis
     y0, rh, x0, rw = 0, 0, 0, 0
     if regional:
-        y0, rh = _sample_span(y_ok, y_lo, y_hi, height)
-        x0, rw = _sample_span(x_ok, x_lo, x_hi, width)
+        y0, rh = _sample_span(y_ok, y_lo, y_hi)
+        x0, rw = _sample_span(x_ok, x_lo, x_hi)
+        x0, rw = _widen(x0, rw, width)
     rows, oy, stride, ox, outside, region = _cell_rows(x, b, y0, rh, x0, rw, region)
     zero = as_type(0, scale)
     n = gh * gw
