@@ -1,7 +1,7 @@
 """Large maps: a forward reading each ROI's cells from the map itself, or a channels-last copy.
 
 roiviz's CPU forwards read a map of 4 MiB or more a ROI's cells at a time when the cells its
-ROIs cover add up to at most ``REGION_RATIO`` (3) times the map's, else a channels-last copy
+ROIs cover add up to at most ``REGION_RATIO`` (4) times the map's, else a channels-last copy
 of the whole map (``roiviz.ops._numba.forward_input``). This script times both on W3's map
 (``[2, 256, 100, 136]``, 14x14, scale 1/8) with more and more boxes an image, in one process,
 blocks of calls alternating between the two, and prints the 10th percentile and median (ms) of

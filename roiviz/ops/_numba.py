@@ -882,8 +882,10 @@ def channels_last(input: torch.Tensor) -> torch.Tensor:
 
 
 #: A forward reads the map a ROI's cells at a time (:func:`forward_input`) when the cells its
-#: ROIs cover add up to at most this many times the map's cells...
-REGION_RATIO = 3.0
+#: ROIs cover add up to at most this many times the map's cells (estimated by
+#: :func:`region_cells`; below the crossover of about 5 measured on W3's map by
+#: ``benchmarks/region_vs_copy.py``, where the two ways are within 5 % of each other)...
+REGION_RATIO = 4.0
 #: ... and the largest ROI's cells, all channels, take at most this many bytes (they stay in
 #: the L2 cache while the ROI's samples read them) ...
 REGION_BYTES = 2 << 20
