@@ -239,7 +239,13 @@ def _read_region(x, b, y0, rh, x0, rw, region):
 def _widen(start, n, size):
     """``(start, n)`` of a run of cells inside ``0 .. size``, grown to 8 cells where it is shorter
     and the map is that wide (moved left if needed), so that :func:`_read_region` moves whole
-    8x8 blocks (:func:`_transpose` ends a longer run with a block overlapping the one before)."""
+    8x8 blocks (:func:`_transpose` ends a longer run with a block overlapping the one before).
+
+    Examples
+    --------
+    >>> _widen(5, 3, 68), _widen(65, 3, 68), _widen(2, 13, 68), _widen(0, 3, 5)
+    ((5, 8), (60, 8), (2, 13), (0, 3))
+    """
     if n == 0 or n >= 8 or size < 8:
         return start, n
     return min(start, size - 8), 8
