@@ -201,8 +201,9 @@ def test_roi_pool_argmax_holds_every_cell_of_a_large_map(height, channels):
 @pytest.mark.parametrize(("channels", "bins"), [(1, (1, 1)), (7, (3, 3)), (8, (2, 4)), (17, (7, 7)),
                                                 (256, (14, 14)), (24, (5, 3))])
 def test_a_tile_is_written_channels_first_exactly(dtype, channels, bins):
-    # The forwards keep one ROI's results channels last and write them out in 8x8 blocks,
-    # with single elements at the edges (channels or bins not a multiple of 8).
+    # The forwards keep one ROI's results channels last and write them out in 8x8 blocks, the
+    # last of 8 or more channels in a block overlapping the one before, single elements at
+    # the other edges (fewer than 8 channels, bins not a multiple of 8).
     from roiviz.ops import _numba
 
     cells = bins[0] * bins[1]
@@ -215,8 +216,9 @@ def test_a_tile_is_written_channels_first_exactly(dtype, channels, bins):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 3, 9), (2, 8, 5, 8), (3, 17, 4, 21), (1, 256, 6, 68)])
 def test_the_channels_last_copy_is_exact(dtype, shape, monkeypatch):
-    # The kernels read a channels-last copy of the map, made in 8x8 blocks with single
-    # elements at the edges (channels or width not a multiple of 8), rows on two threads.
+    # The kernels read a channels-last copy of the map, made in 8x8 blocks (the last of a
+    # width of 8 or more overlapping the one before) with single elements at the other edges
+    # (channels not a multiple of 8, widths under 8), rows on two threads.
     from roiviz.ops import _numba
 
     monkeypatch.setattr(_numba, "SERIAL_BELOW", 1)
