@@ -223,9 +223,9 @@ def _read_region(x, b, y0, rh, x0, rw, region):
     plane = height * width
     for y in range(rh):  # the [C, rw] slice of map row y0 + y, turned into rw rows of C
         if y + 1 < rh and rw > 0:
-            # The next row's C runs lie a plane apart: too far for the hardware prefetchers,
-            # which follow a stream inside a page; asking for them now overlaps their
-            # latency with this row's turn.
+            # The next row's C runs lie a channel plane apart from each other: too far for the
+            # hardware prefetchers, which follow a stream inside a page; asking for them now
+            # overlaps their latency with this row's turn.
             at = (b * c_n * height + y0 + y + 1) * width + x0
             for c in range(c_n):
                 _prefetch(src, at + c * plane)
