@@ -3,16 +3,16 @@
 A kernel change that moves a forward by 5-15 % is lost in the noise of two ``roiviz bench``
 runs made minutes apart on a shared VM. This script checks out both commits (``git worktree``,
 in a temporary folder, removed at the end), then times the full ``roiviz.roi_align`` (sr=2 and
--1) and ``roiviz.roi_pool`` forwards of W1 and W3 (fresh outputs, as a user's calls get) in one
-process per commit, alternating the two ``--rounds`` times, and prints each round's 10th
-percentiles (which other tenants' load on a shared VM moves least) and the median of the
-rounds' new/old ratios::
+-1) and ``roiviz.roi_pool`` forwards of W1 and W3, called as ``roiviz bench`` calls them
+(fresh outputs, as a user's calls get), in one process per commit, alternating the two
+``--rounds`` times, and prints each round's 10th percentiles (which other tenants' load on a
+shared VM moves least) and the median of the rounds' new/old ratios::
 
     PYTHONPATH=. python benchmarks/ab_forward.py 6917f88 HEAD --threads 1 2 --rounds 3
 
 Each process warms up first (the first call of a checkout compiles its kernels, then they are
 cached in its ``__pycache__``). Run it from the repository, in an environment with roiviz's
-dependencies; the commits must contain ``roiviz.bench``.
+dependencies; both commits must have ``roiviz.bench`` with its op table (``_roiviz_plain``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 _CHILD = r"""
 import json, statistics, sys, time
 import torch
-import roiviz
 from roiviz import bench
 torch.set_num_threads(int(sys.argv[1]))
 calls = int(sys.argv[2])
@@ -38,10 +37,9 @@ times = {}
 for name in ("W1", "W3"):
     wl = bench.WORKLOADS[name]
     x, b = bench.make_input(wl), bench.make_boxes(wl)
-    ops = {"roi_align sr=2": lambda: roiviz.roi_align(x, b, wl.output_size, wl.spatial_scale, 2),
-           "roi_align sr=-1": lambda: roiviz.roi_align(x, b, wl.output_size, wl.spatial_scale, -1),
-           "roi_pool": lambda: roiviz.roi_pool(x, b, wl.output_size, wl.spatial_scale)}
-    for op, fn in ops.items():
+    for op in ("roi_align sr=2", "roi_align sr=-1", "roi_pool"):
+        op_fn = bench._roiviz_plain(op)  # the calls roiviz bench times under these names
+        fn = lambda: op_fn(x, b, wl.output_size, wl.spatial_scale)
         fn(); fn()
         ts = []
         for _ in range(calls):
