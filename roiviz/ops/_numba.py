@@ -742,9 +742,10 @@ def _pool_forward_roi(x, rois, k, scale, ph_n, pw_n, out, argmax, best_tile, arg
 def roi_pool_forward(x, rois, scale, ph_n, pw_n, region_rows, out, argmax, lo, hi):
     """``out`` and ``argmax`` ``[K, C, PH, PW]`` from ``x[N, H, W, C]`` (or ``x[N, C, H, W]`` with
     ``region_rows``, or a plane at a time with :data:`PLANES`, as :func:`roi_align_forward`):
-    torchvision's forward, for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the first maximum (strict ``>`` in row-major order,
-    from ``-FLT_MAX``), or -1 when nothing beat the start value or the bin is empty; an empty
-    ``argmax`` is skipped (a forward without gradient)."""
+    torchvision's forward, for ROIs ``lo .. hi``. ``argmax`` is the cell ``h * W + w`` of the
+    first maximum (strict ``>`` in row-major order, from ``-FLT_MAX``), or -1 when nothing beat
+    the start value or the bin is empty; an empty ``argmax`` is skipped (a forward without
+    gradient)."""
     if region_rows == PLANES:
         for k in range(lo, hi):
             _pool_forward_planes(x, rois, k, scale, ph_n, pw_n, out, argmax)
@@ -909,14 +910,14 @@ def forward_input(input: torch.Tensor, rois: np.ndarray, scale: float, planes_be
     map itself, where each ROI's kernel first copies the cells it reads, channels last, into a
     scratch array of ``region_rows`` cells (grown if a ROI needs more) that stays in the cache;
     or (``region_rows`` 0) a channels-last copy of the whole map, ``[N, H, W, C]``
-    (:func:`channels_last`). The results
-    are the same bit for bit; what differs is the memory moved. The copy writes the whole map
-    once more and the kernels read it back: cheaper when the ROIs overlap a lot (a detector
-    head's 1,000 boxes on a small map). Reading each ROI's cells from the map itself moves
-    less when the ROIs cover the map about once (a mask head's 100 boxes an image on a large
-    map), and needs no map-sized allocation. Regional when the map is a contiguous float32 or
-    float64 tensor of :data:`REGION_MIN_BYTES` or more and the estimate of :func:`region_cells`
-    is within :data:`REGION_RATIO` of the map and :data:`REGION_BYTES` of scratch.
+    (:func:`channels_last`). The results are the same bit for bit; what differs is the memory
+    moved. The copy writes the whole map once more and the kernels read it back: cheaper when
+    the ROIs overlap a lot (a detector head's 1,000 boxes on a small map). Reading each ROI's
+    cells from the map itself moves less when the ROIs cover the map a few times at most (a
+    mask head's 100 boxes an image on a large map), and needs no map-sized allocation.
+    Regional when the map is a contiguous float32 or float64 tensor of
+    :data:`REGION_MIN_BYTES` or more and the estimate of :func:`region_cells` is within
+    :data:`REGION_RATIO` of the map and :data:`REGION_BYTES` of scratch.
     """
     _, c_n, height, width = input.shape
     if c_n < planes_below:
